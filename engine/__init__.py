@@ -1,0 +1,1 @@
+"""tinyforge engine: model, data, training, tokenizer compaction, inheritance, export."""

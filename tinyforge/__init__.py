@@ -1,0 +1,1 @@
+"""The `tinyforge` console command (engine and service subcommands)."""
