@@ -1,0 +1,115 @@
+"""Architecture arithmetic: parameter counts, FLOPs per token, training memory, and the shapes
+that fit a parameter budget (the paper's depth-versus-width study)."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from engine.config import ModelConfig, ffn_size
+
+
+@dataclass
+class ParamCount:
+    embedding: int  # input embedding + output head (once if tied)
+    body: int  # attention, MLP and norms
+
+    @property
+    def total(self) -> int:
+        return self.embedding + self.body
+
+    @property
+    def embedding_share(self) -> float:
+        return self.embedding / self.total
+
+
+def count_params(cfg: ModelConfig) -> ParamCount:
+    d, L = cfg.n_embd, cfg.n_layer
+    attn = d * cfg.head_dim * (2 * cfg.n_head + 2 * cfg.n_kv_head)
+    mlp = 3 * d * cfg.ffn_hidden
+    body = L * (attn + mlp + 2 * d) + d
+    emb = cfg.vocab_size * d * (1 if cfg.tie_embeddings else 2)
+    return ParamCount(emb, body)
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
+    """Training FLOPs per token (forward + backward = 3 x forward): 6 x matmul parameters
+    (body + output head; the embedding lookup is free) + 12 x L x T x attention width, halved
+    for the causal mask (PaLM appendix B accounting)."""
+    T = seq_len or cfg.block_size
+    matmul = count_params(cfg).body + cfg.vocab_size * cfg.n_embd
+    attn = 12 * cfg.n_layer * T * cfg.n_head * cfg.head_dim / 2
+    return 6 * matmul + attn
+
+
+def training_memory_bytes(cfg: ModelConfig, micro_batch: int, seq_len: int, autocast: bool = True,
+                          fused_ce: bool = False) -> dict[str, float]:
+    """Estimate of peak training memory on one device without sharding: fp32 weights, grads and
+    two AdamW moments (16 bytes/param), activations kept for backward, and the logits."""
+    n = count_params(cfg).total
+    act_bytes = 2 if autocast else 4
+    B, T, d, L = micro_batch, seq_len, cfg.n_embd, cfg.n_layer
+    # Per layer: norm inputs/outputs, q k v, attention output, MLP in/out and the 2F gate_up (Korthikanti et al.).
+    per_layer = B * T * (6 * d + 2 * cfg.n_head * cfg.head_dim + 2 * cfg.n_kv_head * cfg.head_dim
+                         + 4 * cfg.ffn_hidden) * act_bytes
+    logits = 0 if fused_ce else B * T * cfg.vocab_size * 4 * 2  # fp32 logits + their gradient
+    states = 16 * n
+    return {"weights_grads_optimizer": states, "activations": L * per_layer, "logits": logits,
+            "total": states + L * per_layer + logits}
+
+
+def shapes_for_budget(budget: float, vocab: int, tolerance: float = 0.1, heads_dim: int = 128,
+                      ratios=(8 / 3,), depths=range(4, 65)) -> list[ModelConfig]:
+    """Depth x width combinations whose total parameters are within `tolerance` of `budget`;
+    width a multiple of head_dim, so heads = width / head_dim."""
+    out = []
+    for L in depths:
+        for ratio in ratios:
+            # total(d) = L*(4 d^2 + 3 d ffn + 2d) + d + 2 V d  ~ solve quadratic in d
+            a = L * (4 + 3 * ratio)
+            b = 2 * vocab + 2 * L + 1
+            d = (-b + math.sqrt(b * b + 4 * a * budget)) / (2 * a)
+            d = max(heads_dim, round(d / heads_dim) * heads_dim)
+            cfg = ModelConfig(vocab_size=vocab, n_layer=L, n_embd=d, n_head=d // heads_dim,
+                              ffn_hidden=ffn_size(d, ratio))
+            if abs(count_params(cfg).total - budget) <= tolerance * budget:
+                out.append(cfg)
+    return out
+
+
+@torch.no_grad()
+def forward_latency_ms(cfg: ModelConfig, seq_len: int = 128, batch: int = 1, device="cpu", repeats: int = 3) -> float:
+    """Measured forward latency of a randomly initialised model (depth costs serial time)."""
+    from engine.model import GPT
+
+    model = GPT(cfg).to(device).eval()
+    idx = torch.randint(0, cfg.vocab_size, (batch, seq_len), device=device)
+    model(idx)  # warm up
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        model(idx)
+        best = min(best, time.perf_counter() - t)
+    return best * 1e3
+
+
+_PEAK_CACHE: dict[tuple[str, str], float] = {}
+
+
+def measured_matmul_peak(device: str = "cpu", dtype=torch.bfloat16, n: int = 1024, seconds: float = 0.5) -> float:
+    """FLOP/s of a square matmul on this device and dtype: the denominator of the MFU estimate."""
+    key = (str(device), str(dtype))
+    if key not in _PEAK_CACHE:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        a @ b
+        iters, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            a @ b
+            iters += 1
+        if device != "cpu" and hasattr(torch, str(device).split(":")[0]):
+            getattr(torch, str(device).split(":")[0]).synchronize()
+        _PEAK_CACHE[key] = 2 * n ** 3 * iters / (time.perf_counter() - t0)
+    return _PEAK_CACHE[key]

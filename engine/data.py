@@ -1,0 +1,225 @@
+"""Corpus -> packed token shards (memory-mapped) -> deterministic, resumable batches.
+
+A corpus is files, folders or JSONL (`{"text": ...}` per line). Each document is cut into
+line-aligned chunks; a stable hash of (file, chunk) puts each chunk in train or validation, so
+the split is deterministic and every domain lands on both sides. Chunks are tokenised once,
+documents end with the tokenizer's eos, and the ids are written as flat uint16/uint32 shards
+with a meta.json beside them."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from engine.tokenizers import smallest_dtype
+
+TEXT_SUFFIXES = {".txt", ".md", ".py", ".json", ".jsonl", ".text", ""}
+SHARD_TOKENS = 1 << 27  # tokens per shard file
+
+
+class DataError(ValueError):
+    """Bad corpus input; the message names the field."""
+
+
+def list_files(sources: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for src in sources:
+        p = Path(src)
+        if not p.exists():
+            raise DataError(f"data.sources: {src} does not exist")
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
+                           and (f.suffix in TEXT_SUFFIXES or f.name.endswith(".txt")))
+            files.extend(found)
+        else:
+            files.append(p)
+    if not files:
+        raise DataError(f"data.sources: no text files found in {sources}")
+    return files
+
+
+def iter_documents(path: Path) -> Iterator[str]:
+    if path.suffix == ".jsonl":
+        with path.open(encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        yield json.loads(line)["text"]
+                    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                        raise DataError(f"data.sources: {path}:{n} is not a JSON object with a 'text' field ({exc})")
+    else:
+        try:
+            yield path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"data.sources: {path} is not UTF-8 text ({exc})")
+
+
+def chunk_lines(text: str, chunk_bytes: int) -> list[str]:
+    chunks, cur, size = [], [], 0
+    for line in text.splitlines(keepends=True):
+        cur.append(line)
+        size += len(line.encode("utf-8"))
+        if size >= chunk_bytes:
+            chunks.append("".join(cur))
+            cur, size = [], 0
+    if cur:
+        chunks.append("".join(cur))
+    return chunks
+
+
+def in_validation(key: str, val_fraction: float) -> bool:
+    h = int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "little")
+    return h / 2**64 < val_fraction
+
+
+def dataset_key(files: list[Path], tokenizer, val_fraction: float, chunk_bytes: int) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    h.update(f"{tokenizer.fingerprint()}:{val_fraction}:{chunk_bytes}:v1".encode())
+    return h.hexdigest()[:20]
+
+
+def prepare(sources: list[str], tokenizer, cache_root: Path, val_fraction: float = 0.05,
+            chunk_bytes: int = 4096, log=print) -> Path:
+    """Tokenise the corpus once into `cache_root/<key>/`; later calls reuse it."""
+    files = list_files(sources)
+    out = Path(cache_root) / dataset_key(files, tokenizer, val_fraction, chunk_bytes)
+    if (out / "meta.json").exists():
+        return out
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    dtype = smallest_dtype(tokenizer.vocab_size)
+    writers = {split: ShardWriter(tmp, split, dtype) for split in ("train", "val")}
+    n_bytes = {"train": 0, "val": 0}
+    for f in files:
+        for d, doc in enumerate(iter_documents(f)):
+            chunks = chunk_lines(doc, chunk_bytes)
+            sides = ["val" if in_validation(f"{f.name}:{d}:{c}", val_fraction) else "train" for c in range(len(chunks))]
+            ids = tokenizer.encode_batch(chunks)
+            for c, (side, chunk_ids) in enumerate(zip(sides, ids)):
+                writers[side].write(chunk_ids)
+                n_bytes[side] += len(chunks[c].encode("utf-8"))
+                if c + 1 == len(chunks) or sides[c + 1] != side:
+                    writers[side].write([tokenizer.eos_id])  # a document (or its part on this side) ends
+    counts = {split: w.close() for split, w in writers.items()}
+    if counts["train"] == 0 or sum(n_bytes.values()) == 0:
+        shutil.rmtree(tmp)
+        raise DataError(f"data.sources: the corpus {sources} is empty")
+    meta = {"dtype": np.dtype(dtype).name, "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id,
+            "tokenizer": tokenizer.name, "tokenizer_fingerprint": tokenizer.fingerprint(),
+            "sources": [str(f) for f in files], "val_fraction": val_fraction, "chunk_bytes": chunk_bytes,
+            "tokens": counts, "bytes": n_bytes, "shards": {s: w.names for s, w in writers.items()}}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    try:
+        tmp.rename(out)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"tokenised {len(files)} files: {counts['train']:,} train / {counts['val']:,} val tokens -> {out}")
+    return out
+
+
+class ShardWriter:
+    def __init__(self, root: Path, split: str, dtype):
+        self.root, self.split, self.dtype = root, split, dtype
+        self.names: list[str] = []
+        self.count = self.in_shard = 0
+        self.f = None
+
+    def write(self, ids):
+        arr = np.asarray(ids, dtype=np.int64)
+        while arr.size:
+            if self.f is None or self.in_shard >= SHARD_TOKENS:
+                self._next_shard()
+            take = arr[: SHARD_TOKENS - self.in_shard]
+            self.f.write(take.astype(self.dtype).tobytes())
+            self.in_shard += take.size
+            self.count += take.size
+            arr = arr[take.size:]
+
+    def _next_shard(self):
+        if self.f:
+            self.f.close()
+        name = f"{self.split}_{len(self.names):05d}.bin"
+        self.names.append(name)
+        self.f = open(self.root / name, "wb")
+        self.in_shard = 0
+
+    def close(self) -> int:
+        if self.f:
+            self.f.close()
+        return self.count
+
+
+@dataclass
+class TokenData:
+    """One split as fixed windows of seq_len + 1 tokens, never crossing a shard boundary."""
+    shards: list[np.ndarray]
+    seq_len: int
+    bytes_per_token: float
+
+    @classmethod
+    def open(cls, root: Path, split: str, seq_len: int, vocab_limit: int | None = None) -> "TokenData":
+        meta = json.loads((Path(root) / "meta.json").read_text())
+        if vocab_limit is not None and meta["vocab_size"] > vocab_limit:
+            raise DataError(f"model.vocab_size: {vocab_limit} is smaller than the tokenizer's {meta['vocab_size']} "
+                            "ids; token ids would be out of range")
+        shards = [np.memmap(Path(root) / n, dtype=meta["dtype"], mode="r") for n in meta["shards"][split]]
+        tokens = max(meta["tokens"][split], 1)
+        return cls(shards, seq_len, meta["bytes"][split] / tokens)
+
+    def __post_init__(self):
+        self.per_shard = [max((len(s) - 1) // self.seq_len, 0) for s in self.shards]
+        self.offsets = np.cumsum([0] + self.per_shard)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def window(self, i: int) -> np.ndarray:
+        s = int(np.searchsorted(self.offsets, i, side="right") - 1)
+        start = (i - int(self.offsets[s])) * self.seq_len
+        return self.shards[s][start: start + self.seq_len + 1]
+
+    def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        w = torch.from_numpy(np.stack([self.window(int(i)).astype(np.int64) for i in indices]))
+        return w[:, :-1], w[:, 1:]
+
+
+class BatchSampler:
+    """Global batch `step` = a seeded permutation of all windows, cut into batches per epoch.
+    A pure function of (seed, step), so resuming needs only the step; ranks take equal slices of
+    the same global batch, so results do not depend on the world size."""
+
+    def __init__(self, n_windows: int, global_batch: int, seed: int):
+        if n_windows < global_batch:
+            raise DataError(f"batch: the training split has {n_windows} windows, fewer than one global batch "
+                            f"of {global_batch}; use a smaller batch or sequence length, or more data")
+        self.n_windows, self.global_batch, self.seed = n_windows, global_batch, seed
+        self.batches_per_epoch = n_windows // global_batch
+        self._perm_epoch, self._perm = -1, None
+
+    def batch_id(self, step: int) -> int:
+        """Steps beyond one epoch wrap; batch ids name epoch-0 batches (what multi-round scoring ranks)."""
+        return step % self.batches_per_epoch
+
+    def windows(self, step: int, epoch: int | None = None) -> np.ndarray:
+        epoch = step // self.batches_per_epoch if epoch is None else epoch
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n_windows)
+            self._perm_epoch = epoch
+        b = step % self.batches_per_epoch
+        return self._perm[b * self.global_batch: (b + 1) * self.global_batch]
+
+
+def rank_slice(windows: np.ndarray, rank: int, world: int) -> np.ndarray:
+    per = len(windows) // world
+    return windows[rank * per: (rank + 1) * per]

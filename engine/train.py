@@ -1,0 +1,287 @@
+"""The training loop: AdamW, warmup + cosine, clipping, accumulation, bf16 autocast over fp32 master
+weights, periodic evaluation, atomic checkpoints with bit-identical resume, SIGTERM -> save and exit."""
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine import checkpoint as ckpt
+from engine import distributed
+from engine.arch import count_params, flops_per_token, measured_matmul_peak, training_memory_bytes
+from engine.backend import Backend, resolve
+from engine.config import ModelConfig, model_config, padded_vocab
+from engine.data import BatchSampler, TokenData, prepare, rank_slice
+from engine.model import GPT
+from engine.plots import loss_curve
+from engine.run_record import RunRecord, read_metrics
+from engine.spec import TrainSpec
+from engine.tokenizers import load_tokenizer
+
+
+class Preempted(Exception):
+    """SIGTERM arrived; a checkpoint was saved."""
+
+
+def state_home() -> Path:
+    return Path(os.environ.get("TINYFORGE_HOME", ".tinyforge"))
+
+
+def lr_at(step: int, total: int, spec: TrainSpec, base_lr: float) -> float:
+    warmup = int(spec.optim.warmup_frac * total)
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    floor = base_lr * spec.optim.min_lr_ratio
+    progress = (step - warmup) / max(1, total - warmup)
+    return floor + 0.5 * (base_lr - floor) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices only: norms and biases (1-d tensors) are not decayed."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def resolve_model_config(spec: TrainSpec, vocab_size: int) -> tuple[ModelConfig, Path | None]:
+    """The init checkpoint's config wins (an inherited child has its own shape); else the preset."""
+    if spec.init.checkpoint:
+        manifest = ckpt.verify(Path(spec.init.checkpoint))
+        return ModelConfig.from_dict(manifest["model_config"]), Path(spec.init.checkpoint)
+    if spec.init.hf_dir:
+        from engine.export_hf import read_hf_config
+        return read_hf_config(Path(spec.init.hf_dir)), None
+    return model_config(spec.model.preset, vocab_size=padded_vocab(vocab_size), **spec.model.overrides), None
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def available_memory_bytes(backend: Backend) -> float:
+    if backend.name == "cuda":
+        return torch.cuda.mem_get_info(backend.device)[0]
+    if backend.name == "npu":
+        return torch.npu.mem_get_info(backend.device)[0]
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+@torch.no_grad()
+def evaluate(model, data: TokenData, n_batches: int, micro_batch: int, backend: Backend) -> dict:
+    model.eval()
+    n = min(len(data), n_batches * micro_batch)
+    if n == 0:
+        model.train()
+        return {}
+    total, count = 0.0, 0
+    for start in range(0, n, micro_batch):
+        x, y = data.batch(range(start, min(n, start + micro_batch)))
+        with backend.autocast():
+            loss = model(x.to(backend.device), y.to(backend.device))
+        total += loss.item() * y.numel()
+        count += y.numel()
+    model.train()
+    loss = total / count
+    return {"loss": loss, "ppl": math.exp(min(loss, 50)), "bpb": loss / math.log(2) / data.bytes_per_token}
+
+
+def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = None, log=print) -> dict:
+    out_dir = Path(out_dir)
+    world = distributed.world_from_env()
+    backend = resolve(spec.backend, spec.precision, spec.ops, world.local_rank)
+    distributed.init(world, backend.process_group)
+    record = RunRecord(out_dir, enabled=world.is_main)
+    say = log if world.is_main else (lambda *a, **k: None)
+
+    tokenizer = load_tokenizer(spec.data.tokenizer)
+    cache = Path(spec.data.cache_dir) if spec.data.cache_dir else state_home() / "datasets"
+    data_dir = prepare(spec.data.sources, tokenizer, cache, spec.data.val_fraction, spec.data.chunk_bytes, log=say)
+
+    torch.manual_seed(spec.seed)
+    cfg, init_ckpt = resolve_model_config(spec, tokenizer.vocab_size)
+    seq_len = spec.seq_len or cfg.block_size
+    if seq_len > cfg.block_size:
+        raise ValueError(f"seq_len: {seq_len} exceeds the model's block_size {cfg.block_size}")
+    train_data = TokenData.open(data_dir, "train", seq_len, vocab_limit=cfg.vocab_size)
+    val_data = TokenData.open(data_dir, "val", seq_len)
+    per_rank = spec.batch_size // world.size
+    if spec.batch_size % (spec.micro_batch * world.size):
+        raise ValueError(f"batch_size: {spec.batch_size} is not divisible by micro_batch x world size "
+                         f"({spec.micro_batch} x {world.size})")
+    accum = per_rank // spec.micro_batch
+    sampler = BatchSampler(len(train_data), spec.batch_size, spec.seed)
+
+    fused_ce = backend.ops.chosen.get("linear_cross_entropy") != "torch"
+    need = training_memory_bytes(cfg, spec.micro_batch, seq_len, backend.autocast_dtype is not None, fused_ce)
+    limit = spec.memory_limit_gb * 2**30 if spec.memory_limit_gb else available_memory_bytes(backend)
+    if need["total"] > limit:
+        raise MemoryError(f"micro_batch: training needs an estimated {need['total'] / 2**30:.1f} GiB "
+                          f"(weights+optimizer {need['weights_grads_optimizer'] / 2**30:.1f}, activations "
+                          f"{need['activations'] / 2**30:.1f}, logits {need['logits'] / 2**30:.1f}) but "
+                          f"{limit / 2**30:.1f} GiB is available; lower micro_batch or seq_len")
+
+    model = GPT(cfg, backend.ops)
+    if init_ckpt:
+        model.load_state_dict(ckpt.load(init_ckpt, ("model",))[1]["model"])
+    elif spec.init.hf_dir:
+        from engine.export_hf import load_hf_weights
+        load_hf_weights(model, Path(spec.init.hf_dir))
+    model.to(backend.device)
+    base_lr = spec.optim.lr
+    if spec.optim.lr_scaling_base_batch:
+        base_lr *= (spec.batch_size / spec.optim.lr_scaling_base_batch) ** 0.5
+    optimizer = backend.ops.adamw(param_groups(model, spec.optim.weight_decay), lr=base_lr,
+                                  betas=spec.optim.betas, eps=spec.optim.eps, weight_decay=spec.optim.weight_decay)
+    ddp_model = model
+    if world.size > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=None if backend.name == "cpu" else [backend.device.index])
+
+    ckpt_root = out_dir / "checkpoints"
+    start_step = 0
+    latest = ckpt.latest_valid(ckpt_root, on_corrupt=lambda p, why: (say(f"warning: {why}; using an older one"),
+                                                                      record.event("checkpoint_corrupt", why, path=str(p))))
+    if latest:
+        manifest, parts = ckpt.load(latest)
+        model.load_state_dict(parts["model"])
+        optimizer.load_state_dict(parts["train_state"]["optimizer"])
+        set_rng_state(parts["train_state"]["rng"])
+        start_step = manifest["step"]
+        say(f"resumed from {latest} at step {start_step}")
+        record.event("resumed", f"resumed from step {start_step}", checkpoint=str(latest))
+
+    counts = count_params(cfg)
+    fpt = flops_per_token(cfg, seq_len)
+    peak = measured_matmul_peak(str(backend.device), backend.autocast_dtype or torch.float32, n=512, seconds=0.2)
+    record.start("train", spec.model_dump(mode="json"), backend=backend.describe(), world_size=world.size,
+                 model_config=cfg.to_dict(), params={"total": counts.total, "embedding": counts.embedding,
+                                                     "body": counts.body}, data_dir=str(data_dir),
+                 tokens_per_step=spec.batch_size * seq_len, device_peak_flops=peak)
+    say(f"model {counts.total / 1e6:.2f}M params ({counts.embedding_share:.0%} embedding+head), "
+        f"backend {backend.describe()}")
+
+    stop = {"flag": False}
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signals only install there
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True)) if in_main_thread else None
+
+    def save(step: int) -> Path:
+        path = None
+        if world.is_main:
+            path = ckpt.save(ckpt_root, step, {"model": model.state_dict(),
+                                                "train_state": {"optimizer": optimizer.state_dict(), "rng": rng_state(),
+                                                                "step": step}},
+                             {"model_config": cfg.to_dict(), "tokenizer": spec.data.tokenizer,
+                              "data_dir": str(data_dir)}, keep=spec.keep_checkpoints)
+        distributed.barrier(world)
+        return path or ckpt_root / f"step_{step:08d}"
+
+    progress = _progress_bar(spec.steps, start_step, show_progress and world.is_main)
+    tokens_per_step = spec.batch_size * seq_len
+    t_last, last_val = time.perf_counter(), {}
+    model.train()
+    try:
+        with progress:
+            for step in range(start_step, spec.steps):
+                lr = lr_at(step, spec.steps, spec, base_lr)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+                windows = rank_slice(sampler.windows(step), world.rank, world.size)
+                loss_sum = 0.0
+                for m in range(accum):
+                    x, y = train_data.batch(windows[m * spec.micro_batch:(m + 1) * spec.micro_batch])
+                    sync = ddp_model.no_sync() if (world.size > 1 and m < accum - 1) else nullcontext()
+                    with sync, backend.autocast():
+                        loss = ddp_model(x.to(backend.device), y.to(backend.device))
+                    (loss / accum).backward()
+                    loss_sum += loss.item()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                           spec.optim.grad_clip or float("inf")).item()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                done = step + 1
+                loss_val = distributed.mean_across(loss_sum / accum, world, backend.device)
+                if not math.isfinite(loss_val):
+                    raise FloatingPointError(f"loss became {loss_val} at step {done}")
+                if done % spec.log_every == 0 or done == spec.steps:
+                    dt = time.perf_counter() - t_last
+                    steps_done = spec.log_every if done % spec.log_every == 0 else done % spec.log_every
+                    tps = tokens_per_step * steps_done / dt
+                    record.metric(step=done, split="train", loss=loss_val, lr=lr, grad_norm=grad_norm,
+                                  tokens_per_s=tps, mfu=tps * fpt / (peak * world.size))
+                    record.progress(done, spec.steps, (spec.steps - done) * dt / steps_done, "train")
+                    progress.update(done, f"loss {loss_val:.3f}")
+                    if not progress.live:
+                        say(f"step {done}/{spec.steps} loss {loss_val:.4f} lr {lr:.2e} grad {grad_norm:.2f} "
+                            f"tok/s {tps:,.0f}")
+                    t_last = time.perf_counter()
+                if done % spec.eval_every == 0 or done == spec.steps:
+                    last_val = evaluate(model, val_data, spec.eval_batches, spec.micro_batch, backend)
+                    record.metric(step=done, split="val", **last_val)
+                    say(f"step {done}: val loss {last_val['loss']:.4f} bpb {last_val['bpb']:.4f}")
+                    t_last = time.perf_counter()
+                if done % spec.checkpoint_every == 0 or done == spec.steps:
+                    save(done)
+                if stop["flag"]:
+                    if done % spec.checkpoint_every:
+                        save(done)
+                    record.event("preempted", f"SIGTERM: checkpoint saved at step {done}")
+                    raise Preempted(f"stopped by SIGTERM at step {done}; checkpoint saved")
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+    final = ckpt.list_checkpoints(ckpt_root)[-1]
+    if not last_val:
+        last_val = evaluate(model, val_data, spec.eval_batches, spec.micro_batch, backend)
+    plot = loss_curve(read_metrics(out_dir), out_dir / "loss.png", "training loss") if world.is_main else None
+    summary = {"steps": spec.steps, "tokens": spec.steps * tokens_per_step, "params": counts.total,
+               "val_loss": last_val.get("loss"), "val_ppl": last_val.get("ppl"), "val_bpb": last_val.get("bpb"),
+               "flops": spec.steps * tokens_per_step * fpt, "checkpoint": str(final)}
+    artifacts = [{"name": "checkpoint", "path": str(final), "type": "checkpoint"}]
+    if plot:
+        artifacts.append({"name": "loss_curve", "path": str(plot), "type": "plot"})
+    inputs = [str(s) for s in spec.data.sources] + ([spec.data.tokenizer] if spec.data.tokenizer != "byte" else [])
+    inputs += [p for p in (spec.init.checkpoint, spec.init.hf_dir) if p]
+    return record.result("train", summary, artifacts, inputs)
+
+
+class _progress_bar:
+    """A rich progress bar on a terminal; nothing (log lines instead) elsewhere."""
+
+    def __init__(self, total: int, start: int, enabled: bool | None):
+        self.live = sys.stderr.isatty() if enabled is None else enabled
+        self.total, self.start = total, start
+
+    def __enter__(self):
+        if self.live:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+            self.bar = Progress(TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                TextColumn("{task.description}"), TimeRemainingColumn())
+            self.bar.__enter__()
+            self.task = self.bar.add_task("", total=self.total, completed=self.start)
+        return self
+
+    def update(self, step: int, text: str):
+        if self.live:
+            self.bar.update(self.task, completed=step, description=text)
+
+    def __exit__(self, *exc):
+        if self.live:
+            self.bar.__exit__(*exc)
