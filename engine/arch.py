@@ -84,7 +84,11 @@ def forward_latency_ms(cfg: ModelConfig, seq_len: int = 128, batch: int = 1, dev
     """Measured forward latency of a randomly initialised model (depth costs serial time)."""
     from engine.model import GPT
 
-    model = GPT(cfg).to(device).eval()
+    with torch.device("meta"):  # skip the random init of a possibly 1B-parameter model: only speed matters here
+        model = GPT(cfg)
+    model = model.to_empty(device=device).eval()
+    for p in model.parameters():
+        p.data.fill_(0.01)
     idx = torch.randint(0, cfg.vocab_size, (batch, seq_len), device=device)
     model(idx)  # warm up
     best = float("inf")

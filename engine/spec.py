@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
+from engine.paths import BUNDLED_CORPUS
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 OpImpl = Literal["torch", "chunked", "triton", "liger", "npu"]
@@ -27,7 +28,7 @@ class ModelSpec(Strict):
 
 
 class DataSpec(Strict):
-    sources: list[str] = Field(default_factory=lambda: ["data/sample"], min_length=1)
+    sources: list[str] = Field(default_factory=lambda: [str(BUNDLED_CORPUS)], min_length=1)
     tokenizer: str = Field("byte", description="'byte' or a SentencePiece .model path")
     val_fraction: float = Field(0.05, gt=0, lt=0.5)
     chunk_bytes: PositiveInt = 4096

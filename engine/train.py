@@ -19,9 +19,10 @@ from engine import checkpoint as ckpt
 from engine import distributed
 from engine.arch import count_params, flops_per_token, measured_matmul_peak, training_memory_bytes
 from engine.backend import Backend, resolve
-from engine.config import ModelConfig, model_config, padded_vocab
+from engine.config import ModelConfig, model_config, padded_vocab, replace
 from engine.data import BatchSampler, TokenData, prepare, rank_slice
 from engine.model import GPT
+from engine.paths import state_home
 from engine.plots import loss_curve
 from engine.run_record import RunRecord, read_metrics
 from engine.spec import TrainSpec
@@ -30,10 +31,6 @@ from engine.tokenizers import load_tokenizer
 
 class Preempted(Exception):
     """SIGTERM arrived; a checkpoint was saved."""
-
-
-def state_home() -> Path:
-    return Path(os.environ.get("TINYFORGE_HOME", ".tinyforge"))
 
 
 def lr_at(step: int, total: int, spec: TrainSpec, base_lr: float) -> float:
@@ -60,9 +57,12 @@ def resolve_model_config(spec: TrainSpec, vocab_size: int) -> tuple[ModelConfig,
         manifest = ckpt.verify(Path(spec.init.checkpoint))
         return ModelConfig.from_dict(manifest["model_config"]), Path(spec.init.checkpoint)
     if spec.init.hf_dir:
-        from engine.export_hf import read_hf_config
+        from engine.hf import read_hf_config
         return read_hf_config(Path(spec.init.hf_dir)), None
-    return model_config(spec.model.preset, vocab_size=padded_vocab(vocab_size), **spec.model.overrides), None
+    overrides = dict(spec.model.overrides)
+    explicit_vocab = overrides.pop("vocab_size", None)  # wins over both the preset and the tokenizer
+    cfg = model_config(spec.model.preset, vocab_size=padded_vocab(vocab_size), **overrides)
+    return (replace(cfg, vocab_size=explicit_vocab) if explicit_vocab else cfg), None
 
 
 def rng_state() -> dict:
@@ -141,7 +141,7 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
     if init_ckpt:
         model.load_state_dict(ckpt.load(init_ckpt, ("model",))[1]["model"])
     elif spec.init.hf_dir:
-        from engine.export_hf import load_hf_weights
+        from engine.hf import load_hf_weights
         load_hf_weights(model, Path(spec.init.hf_dir))
     model.to(backend.device)
     base_lr = spec.optim.lr
