@@ -66,6 +66,7 @@ class TrainSpec(Strict):
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     ops: dict[Literal["rms_norm", "rotary", "swiglu", "attention", "linear_cross_entropy", "adamw"], OpImpl] = \
         Field(default_factory=dict, description="per-operator implementation overrides")
+    compile: bool = Field(False, description="torch.compile the model (applied from outside the model)")
     log_every: PositiveInt = 10
     eval_every: PositiveInt = 100
     eval_batches: PositiveInt = 8

@@ -149,10 +149,10 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
         base_lr *= (spec.batch_size / spec.optim.lr_scaling_base_batch) ** 0.5
     optimizer = backend.ops.adamw(param_groups(model, spec.optim.weight_decay), lr=base_lr,
                                   betas=spec.optim.betas, eps=spec.optim.eps, weight_decay=spec.optim.weight_decay)
-    ddp_model = model
+    ddp_model = torch.compile(model) if spec.compile else model
     if world.size > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=None if backend.name == "cpu" else [backend.device.index])
+            ddp_model, device_ids=None if backend.name == "cpu" else [backend.device.index])
 
     ckpt_root = out_dir / "checkpoints"
     start_step = 0
