@@ -223,3 +223,33 @@ class BatchSampler:
 def rank_slice(windows: np.ndarray, rank: int, world: int) -> np.ndarray:
     per = len(windows) // world
     return windows[rank * per: (rank + 1) * per]
+
+
+class SubsetSampler:
+    """Trains on a chosen list of epoch-0 batch ids (multi-round replay): each pass over the list
+    is a fresh seeded permutation of it. Also a pure function of (seed, step)."""
+
+    def __init__(self, base: BatchSampler, batch_ids, seed: int):
+        self.base, self.ids, self.seed = base, np.asarray(batch_ids, dtype=np.int64), seed
+        if self.ids.size == 0:
+            raise DataError("data.batch_ids: the list of batches is empty")
+        if self.ids.min() < 0 or self.ids.max() >= base.batches_per_epoch:
+            raise DataError(f"data.batch_ids: ids must lie in [0, {base.batches_per_epoch}) (batches per epoch)")
+        self._pass, self._order = -1, None
+
+    def batch_id(self, step: int) -> int:
+        p = step // len(self.ids)
+        if p != self._pass:
+            self._order = np.random.default_rng([self.seed, 1 << 20, p]).permutation(len(self.ids))
+            self._pass = p
+        return int(self.ids[self._order[step % len(self.ids)]])
+
+    def windows(self, step: int) -> np.ndarray:
+        return self.base.windows(self.batch_id(step), epoch=0)
+
+
+def load_batch_ids(path: str) -> np.ndarray:
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"data.batch_ids: {p} does not exist")
+    return np.load(p) if p.suffix == ".npy" else np.asarray(json.loads(p.read_text()), dtype=np.int64)

@@ -33,6 +33,10 @@ class DataSpec(Strict):
     val_fraction: float = Field(0.05, gt=0, lt=0.5)
     chunk_bytes: PositiveInt = 4096
     cache_dir: str | None = Field(None, description="where tokenised shards go; default $TINYFORGE_HOME/datasets")
+    batch_ids: str | None = Field(None, description=".npy or JSON list of epoch-0 batch ids to train on "
+                                                    "(multi-round replay); default: all batches in order")
+    probe_batches: int = Field(0, ge=0, description="forgetting probe: loss on this many batches from the first "
+                                                    "tenth of the run's schedule, at every evaluation")
 
 
 class OptimSpec(Strict):

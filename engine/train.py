@@ -20,7 +20,7 @@ from engine import distributed
 from engine.arch import count_params, flops_per_token, measured_matmul_peak, training_memory_bytes
 from engine.backend import Backend, resolve
 from engine.config import ModelConfig, model_config, padded_vocab, replace
-from engine.data import BatchSampler, TokenData, prepare, rank_slice
+from engine.data import BatchSampler, SubsetSampler, TokenData, load_batch_ids, prepare, rank_slice
 from engine.model import GPT
 from engine.paths import state_home
 from engine.plots import loss_curve
@@ -84,15 +84,16 @@ def available_memory_bytes(backend: Backend) -> float:
 
 
 @torch.no_grad()
-def evaluate(model, data: TokenData, n_batches: int, micro_batch: int, backend: Backend) -> dict:
+def evaluate(model, data: TokenData, n_batches: int, micro_batch: int, backend: Backend, windows=None) -> dict:
+    """Mean loss over the first n_batches x micro_batch windows of `data` (or the given windows)."""
     model.eval()
-    n = min(len(data), n_batches * micro_batch)
-    if n == 0:
+    windows = np.arange(min(len(data), n_batches * micro_batch)) if windows is None else np.asarray(windows)
+    if len(windows) == 0:
         model.train()
         return {}
     total, count = 0.0, 0
-    for start in range(0, n, micro_batch):
-        x, y = data.batch(range(start, min(n, start + micro_batch)))
+    for start in range(0, len(windows), micro_batch):
+        x, y = data.batch(windows[start:start + micro_batch])
         with backend.autocast():
             loss = model(x.to(backend.device), y.to(backend.device))
         total += loss.item() * y.numel()
@@ -127,6 +128,11 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
                          f"({spec.micro_batch} x {world.size})")
     accum = per_rank // spec.micro_batch
     sampler = BatchSampler(len(train_data), spec.batch_size, spec.seed)
+    if spec.data.batch_ids:
+        sampler = SubsetSampler(sampler, load_batch_ids(spec.data.batch_ids), spec.seed)
+    # forgetting probe: fixed batches from the first tenth of this run's schedule, re-measured at each eval
+    probe_steps = np.linspace(0, max(spec.steps // 10 - 1, 0), spec.data.probe_batches).astype(int).tolist()
+    probe_windows = np.concatenate([sampler.windows(s) for s in probe_steps]) if probe_steps else None
 
     fused_ce = backend.ops.chosen.get("linear_cross_entropy") != "torch"
     need = training_memory_bytes(cfg, spec.micro_batch, seq_len, backend.autocast_dtype is not None, fused_ce)
@@ -234,6 +240,10 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
                 if done % spec.eval_every == 0 or done == spec.steps:
                     last_val = evaluate(model, val_data, spec.eval_batches, spec.micro_batch, backend)
                     record.metric(step=done, split="val", **last_val)
+                    if probe_windows is not None:
+                        probe = evaluate(model, train_data, len(probe_windows), spec.micro_batch, backend,
+                                         windows=probe_windows)
+                        record.metric(step=done, split="probe", loss=probe["loss"])
                     say(f"step {done}: val loss {last_val['loss']:.4f} bpb {last_val['bpb']:.4f}")
                     t_last = time.perf_counter()
                 if done % spec.checkpoint_every == 0 or done == spec.steps:
