@@ -1,0 +1,26 @@
+"""Request dependencies: the app's shared objects and bearer-token authentication."""
+from __future__ import annotations
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.auth import Principal
+
+bearer = HTTPBearer(auto_error=False, description="an API token from `tinyforge token create`")
+
+
+def require(scope: str):
+    async def check(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Principal:
+        if creds is None or not creds.credentials:
+            raise HTTPException(401, "missing bearer token (Authorization: Bearer TOKEN)",
+                                headers={"WWW-Authenticate": "Bearer"})
+        principal = request.app.state.tokens.lookup(creds.credentials)
+        if principal is None:
+            raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
+        if not principal.allows(scope):
+            raise HTTPException(403, f"this token's scope ({principal.scope}) does not allow this; it needs {scope}")
+        return principal
+    return check
+
+
+READ, SUBMIT, ADMIN = Depends(require("read")), Depends(require("submit")), Depends(require("admin"))

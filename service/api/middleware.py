@@ -1,0 +1,79 @@
+"""Pure ASGI middleware (no per-request task overhead): request body size limit, request timing."""
+from __future__ import annotations
+
+import json
+import time
+
+from service.prom import RequestStats
+
+
+def _413(limit: int) -> tuple[dict, bytes]:
+    body = json.dumps({"detail": [{"loc": ["body"], "field": "(body)", "type": "too_large",
+                                   "msg": f"request body is larger than the limit of {limit} bytes"}]}).encode()
+    return {"type": "http.response.start", "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}, body
+
+
+class BodyLimit:
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if value.isdigit() and int(value) > self.max_bytes:
+                    start, body = _413(self.max_bytes)
+                    await send(start)
+                    await send({"type": "http.response.body", "body": body})
+                    return
+                return await self.app(scope, receive, send)  # declared and within the limit
+        # no Content-Length (chunked): read the body up to the limit, then replay it to the app
+        chunks, seen = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # client went away
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
+            if seen > self.max_bytes:
+                start, body = _413(self.max_bytes)
+                await send(start)
+                await send({"type": "http.response.body", "body": body})
+                return
+            if not message.get("more_body"):
+                break
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+class Timing:
+    def __init__(self, app, stats: RequestStats):
+        self.app, self.stats = app, stats
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        status = [500]
+
+        async def tracking_send(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            self.stats.observe(scope["method"], path, status[0], time.perf_counter() - t0)

@@ -1,0 +1,87 @@
+"""The FastAPI application: routers, error handlers, middleware, and background threads
+(housekeeping; with `embedded_worker`, one worker in the same process)."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from service.api import errors, health, jobs, runs
+from service.api.middleware import BodyLimit, Timing
+from service.auth import TokenCache
+from service.db import Database
+from service.db import migrate as migrations
+from service.prom import RequestStats
+from service.services import housekeeping
+from service.services.scheduling import WorkerSnapshot
+from service.settings import Settings
+from service.spec import JobSpec
+
+log = logging.getLogger("tinyforge.api")
+
+
+def _housekeeping_loop(db: Database, settings: Settings, stop: threading.Event) -> None:
+    while not stop.wait(settings.housekeeping_s):
+        housekeeping.run_once(db, settings)
+
+
+def create_app(settings: Settings | None = None, *, embedded_worker: bool = False, migrate: bool = True,
+               worker_options: dict | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    settings.ensure_home()
+    if migrate:
+        migrations.upgrade(settings.url)
+    db = Database(settings.url)
+    stop = threading.Event()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        threads = [threading.Thread(target=_housekeeping_loop, args=(db, settings, stop), daemon=True,
+                                    name="housekeeping")]
+        worker = None
+        if embedded_worker:
+            from service.worker.worker import Worker
+            worker = Worker(db, settings, **(worker_options or {}))
+            app.state.worker = worker
+            threads.append(threading.Thread(target=worker.run, daemon=True, name="embedded-worker"))
+        for t in threads:
+            t.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if worker is not None:
+                worker.stop.set()  # the running stage checkpoints and the job is requeued
+            for t in threads:
+                t.join(settings.cancel_grace_s + 10)
+            db.dispose()
+
+    app = FastAPI(title="tinyforge", version="1", lifespan=lifespan,
+                  description="Control plane of tinyforge: submit and watch training jobs (docs/service.md).")
+    app.state.settings, app.state.db = settings, db
+    app.state.tokens = TokenCache(db, settings.token_cache_s)
+    app.state.workers = WorkerSnapshot(db, settings.worker_timeout_s)
+    app.state.stats = RequestStats()
+    app.state.schema_head = migrations.head()
+    errors.install(app)
+    for r in (health.router, jobs.router, runs.router):
+        app.include_router(r)
+    app.add_middleware(Timing, stats=app.state.stats)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+
+    def openapi():
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            job_spec = JobSpec.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(job_spec.pop("$defs", {}))
+            components["JobSpec"] = job_spec
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+    return app

@@ -1,0 +1,32 @@
+"""`tinyforge worker`: claim queued jobs from the database and run their stages."""
+from __future__ import annotations
+
+import shlex
+import signal
+
+import click
+
+from service.commands._common import settings_options, setup_logging
+
+
+@click.command()
+@click.option("--devices", default=None, help="what this worker offers, e.g. cpu=2,npu=8 (default: detected)")
+@click.option("--launcher", "launchers", multiple=True, help="launchers to offer (default: every available one)")
+@click.option("--id", "worker_id", default=None, help="worker id (default: host-pid-random)")
+@click.option("--engine-command", default=None, help="argv prefix of stage commands (env TINYFORGE_ENGINE_COMMAND)")
+@click.option("--log-level", default="info", show_default=True)
+@settings_options
+def worker(devices, launchers, worker_id, engine_command, log_level, settings):
+    """Run jobs until SIGTERM/SIGINT (a running stage then checkpoints and its job is requeued)."""
+    from service.db import Database
+    from service.worker.worker import Worker, parse_devices
+
+    setup_logging(log_level)
+    if engine_command:
+        settings = settings.with_(engine_command=tuple(shlex.split(engine_command)))
+    settings.ensure_home()
+    w = Worker(Database(settings.url), settings, worker_id=worker_id,
+               devices=parse_devices(devices) if devices else None, launchers=list(launchers) or None)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: w.stop.set())
+    w.run()

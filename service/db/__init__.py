@@ -1,0 +1,1 @@
+from service.db.session import Database  # noqa: F401

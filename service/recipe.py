@@ -1,0 +1,54 @@
+"""The `recipe` shorthand: the PanGu-pi Pro pipeline as stages, wired by ${stages...} references.
+
+    tokenizer -> [parent] -> inherit -> round1 (train) -> round2 (rounds) -> export -> eval
+
+The wiring below is the only place that knows which config key of a stage takes which output of
+an earlier one. A recipe section is deep-merged over its wiring, so a user can override any key.
+Assumed outputs (result.json artifact names; see docs/service.md): the tokenizer stage records
+`tokenizer` (the compact model, with its id map) and `large_tokenizer`; train, inherit and rounds
+record a `checkpoint`."""
+from __future__ import annotations
+
+import copy
+
+TOK = "${stages.tokenizer.artifacts.tokenizer}"
+LARGE_TOK = "${stages.tokenizer.artifacts.large_tokenizer}"
+
+
+def ckpt(stage: str) -> str:
+    return f"${{stages.{stage}.artifacts.checkpoint}}"
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def expand(recipe, resources) -> list[tuple[str, str, dict, tuple]]:
+    """[(name, kind, config, loc of the section in the body)]."""
+    data = dict(recipe.data)
+    sources = data.get("sources", ["data/sample"])
+    at = lambda section: ("body", "recipe", section)  # noqa: E731
+    stages = [("tokenizer", "tokenizer", deep_merge({"sources": sources}, recipe.tokenizer), at("tokenizer"))]
+    parent = recipe.parent
+    if parent.train is not None:
+        wiring = {"data": {**data, "tokenizer": LARGE_TOK}}
+        stages.append(("parent", "train", deep_merge(wiring, parent.train), ("body", "recipe", "parent", "train")))
+        parent_path = ckpt("parent")
+    else:
+        parent_path = parent.checkpoint or parent.hf_dir
+    stages += [
+        ("inherit", "inherit", deep_merge({"parent": parent_path, "tokenizer": TOK, "calib": sources},
+                                          recipe.inherit), at("inherit")),
+        ("round1", "train", deep_merge({"data": {**data, "tokenizer": TOK}, "init": {"checkpoint": ckpt("inherit")}},
+                                       recipe.round1), at("round1")),
+        ("round2", "rounds", deep_merge({"data": {**data, "tokenizer": TOK}, "init": {"checkpoint": ckpt("round1")}},
+                                        recipe.round2), at("round2")),
+        ("export", "export", deep_merge({"checkpoint": ckpt("round2"), "tokenizer": TOK}, recipe.export),
+         at("export")),
+        ("eval", "eval", deep_merge({"checkpoint": ckpt("round2"), "data": {**data, "tokenizer": TOK}}, recipe.eval),
+         at("eval")),
+    ]
+    return stages

@@ -1,0 +1,109 @@
+"""Artifacts (what stages recorded in result.json) and the lineage graph between runs."""
+from __future__ import annotations
+
+import os
+import tarfile
+from collections import deque
+from pathlib import Path
+
+from sqlalchemy import or_, select
+
+from service.db import Database
+from service.db.models import Artifact, Job, Stage
+from service.services.jobs import NotFound
+from service.services.views import artifact_view
+
+
+def list_for_job(db: Database, job_id: str) -> list[dict]:
+    with db.read() as s:
+        if s.get(Job, job_id) is None:
+            raise NotFound(f"job {job_id} not found")
+        names = {st.id: st.name for st in s.scalars(select(Stage).where(Stage.job_id == job_id))}
+        rows = s.scalars(select(Artifact).where(Artifact.job_id == job_id).order_by(Artifact.created_at, Artifact.id))
+        return [artifact_view(a, names.get(a.stage_id)) for a in rows]
+
+
+def get(db: Database, artifact_id: str) -> Artifact:
+    with db.read() as s:
+        a = s.get(Artifact, artifact_id)
+    if a is None:
+        raise NotFound(f"artifact {artifact_id} not found")
+    return a
+
+
+class _Chunks:
+    """A write-only file object whose writes are collected for a streaming response."""
+
+    def __init__(self):
+        self.parts: list[bytes] = []
+
+    def write(self, b) -> int:
+        self.parts.append(bytes(b))
+        return len(b)
+
+    def take(self) -> bytes:
+        out, self.parts = b"".join(self.parts), []
+        return out
+
+
+def tar_stream(root: Path):
+    """Yield an uncompressed tar of a directory file by file (checkpoints are mostly incompressible)."""
+    sink = _Chunks()
+    with tarfile.open(fileobj=sink, mode="w|") as tar:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = Path(dirpath) / name
+                if path.is_symlink():
+                    continue  # never follow links out of the run directory
+                tar.add(path, arcname=str(Path(root.name) / path.relative_to(root)), recursive=False)
+                yield sink.take()
+    yield sink.take()
+
+
+def lineage(db: Database, run_id: str) -> dict:
+    """The runs upstream of a run (through ${stages...} references and result.json inputs, across jobs
+    when an input path is another run's artifact) and the runs of its job downstream of it."""
+    with db.read() as s:
+        start = s.get(Stage, run_id)
+        if start is None:
+            raise NotFound(f"run {run_id} not found")
+        nodes: dict[str, dict] = {}
+        edges: set[tuple[str, str, str]] = set()
+
+        def run_node(st: Stage) -> str:
+            nodes[st.id] = {"id": st.id, "type": "run", "job_id": st.job_id, "stage": st.name, "kind": st.kind,
+                            "status": st.status}
+            return st.id
+
+        def producer(path: str) -> Artifact | None:
+            return s.scalar(select(Artifact).where(or_(Artifact.path == path, Artifact.path == path.rstrip("/")))
+                            .order_by(Artifact.created_at.desc()).limit(1))
+
+        todo = deque([start])
+        run_node(start)
+        while todo:
+            st = todo.popleft()
+            for inp in st.inputs or []:
+                role = inp.get("key") or inp.get("role") or "input"
+                src = s.get(Stage, inp["run_id"]) if inp.get("run_id") else None
+                if src is None and inp.get("path"):
+                    art = producer(inp["path"])
+                    src = s.get(Stage, art.stage_id) if art else None
+                if src is not None:
+                    if src.id not in nodes:
+                        run_node(src)
+                        todo.append(src)
+                    edges.add((src.id, st.id, role))
+                elif inp.get("path"):
+                    pid = "path:" + inp["path"]
+                    nodes.setdefault(pid, {"id": pid, "type": "path", "path": inp["path"]})
+                    edges.add((pid, st.id, role))
+        # downstream within the job: stages whose inputs name a run already in the graph
+        for st in s.scalars(select(Stage).where(Stage.job_id == start.job_id).order_by(Stage.position)):
+            for inp in st.inputs or []:
+                if inp.get("run_id") in nodes and inp["run_id"] != st.id:
+                    run_node(st) if st.id not in nodes else None
+                    edges.add((inp["run_id"], st.id, inp.get("key") or "input"))
+    return {"run_id": run_id, "nodes": list(nodes.values()),
+            "edges": [{"from": a, "to": b, "role": r} for a, b, r in sorted(edges)]}

@@ -1,0 +1,191 @@
+"""Jobs: submit (with idempotency), plan, list, show, cancel, retry, events."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from service import spec as specs
+from service.db import Database
+from service.db.models import Attempt, Event, IdempotencyKey, Job, JobLabel, Stage, new_id
+from service.services import lifecycle
+from service.services.scheduling import WorkerSnapshot, wait_reason
+from service.services.views import event_view, job_view
+from service.settings import Settings
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Conflict(ValueError):
+    pass
+
+
+def _plan(settings: Settings, data) -> specs.Plan:
+    return specs.plan(specs.validate_spec(data), registry=settings.stage_specs, roots=settings.roots)
+
+
+def plan(settings: Settings, workers: WorkerSnapshot, data) -> dict:
+    """Validate and expand without storing anything; say whether a running worker fits."""
+    p = _plan(settings, data)
+    r = p.spec.resources
+    live = workers.get()
+    reason = wait_reason(r.backend, r.devices_per_node, r.launcher, live)
+    runnable = bool(live) and not reason.startswith(("no worker", "asks for"))
+    return {"name": p.spec.name, "stages": [{"name": st.name, "kind": st.kind, "command": specs.STAGE_COMMANDS.get(
+        st.kind, st.kind), "config": st.config, "references": st.references, "validated_by": st.validated_by}
+        for st in p.stages],
+        "resources": r.model_dump(mode="json"), "schedulable": runnable, "reason": None if runnable else reason}
+
+
+def _existing(s, key: str, digest: str) -> str:
+    row = s.get(IdempotencyKey, key)
+    if row is None:
+        return ""
+    if row.request_hash != digest:
+        raise Conflict(f"Idempotency-Key {key!r} was already used with a different body (job {row.job_id})")
+    return row.job_id
+
+
+def submit(db: Database, settings: Settings, workers: WorkerSnapshot, data, idempotency_key: str | None,
+           token_id: str | None) -> tuple[dict, bool]:
+    """Returns (job, created). A repeated key with the same body returns the original job; with another
+    body it raises Conflict. The job, its stages, its first attempt, its first event and the key commit
+    in one transaction."""
+    digest = specs.request_hash(data)
+    if idempotency_key:
+        with db.read() as s:
+            job_id = _existing(s, idempotency_key, digest)
+        if job_id:
+            return get(db, job_id), False
+    p = _plan(settings, data)
+    r = p.spec.resources
+    now = time.time()
+    job = Job(id=new_id("j"), name=p.spec.name, spec=p.spec.model_dump(mode="json", exclude_none=True),
+              status="queued", priority=r.priority, backend=r.backend, devices_per_node=r.devices_per_node,
+              nodes=r.nodes, launcher=r.launcher, max_restarts=r.max_restarts, restarts=0,
+              time_limit_s=r.time_limit, queue_time_limit_s=r.queue_time_limit,
+              webhook_url=p.spec.webhook.url if p.spec.webhook else None, cancel_requested=False,
+              token_id=token_id, created_at=now, queued_at=now, updated_at=now,
+              pending_reason=wait_reason(r.backend, r.devices_per_node, r.launcher, workers.get()))
+    run_root = Path(settings.runs_dir) / job.id
+    stages = [Stage(id=new_id("r"), job_id=job.id, position=i, name=st.name, kind=st.kind, config=st.config,
+                    status="pending", run_dir=str(run_root / f"{i:02d}-{st.name}"), metrics_offset=0)
+              for i, st in enumerate(p.stages)]
+    labels = [JobLabel(job_id=job.id, key=k, value=v) for k, v in p.spec.labels.items()]
+    try:
+        with db.write() as s:
+            if idempotency_key:
+                job_id = _existing(s, idempotency_key, digest)  # a concurrent twin may have won
+                if job_id:
+                    return get(db, job_id), False
+            s.add(job)
+            s.flush()  # the job row first: stages, attempts and keys reference it
+            s.add_all(stages + labels)
+            attempt = lifecycle.new_attempt(s, job, 1, now)
+            lifecycle.add_event(s, job.id, "submitted", f"submitted with {len(stages)} stage(s)", now=now)
+            if idempotency_key:
+                s.add(IdempotencyKey(key=idempotency_key, request_hash=digest, job_id=job.id, created_at=now))
+    except IntegrityError:
+        if not idempotency_key:
+            raise
+        with db.read() as s:  # lost a race on the key (PostgreSQL): answer as the winner did
+            job_id = _existing(s, idempotency_key, digest)
+        return get(db, job_id), False
+    return job_view(job, p.spec.labels, stages, [attempt]), True
+
+
+def get(db: Database, job_id: str, detail: bool = True) -> dict:
+    with db.read() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise NotFound(f"job {job_id} not found")
+        stages = list(s.scalars(select(Stage).where(Stage.job_id == job_id)))
+        attempts = list(s.scalars(select(Attempt).where(Attempt.job_id == job_id)))
+        labels = {lb.key: lb.value for lb in s.scalars(select(JobLabel).where(JobLabel.job_id == job_id))}
+    return job_view(job, labels, stages, attempts, detail=detail)
+
+
+def list_jobs(db: Database, status: list[str] | None = None, name: str | None = None,
+              labels: list[tuple[str, str | None]] = (), limit: int = 50, cursor: str | None = None) -> dict:
+    """Newest first. `cursor` is the last id of the previous page; `name` may use * as a wildcard."""
+    q = select(Job).order_by(Job.id.desc()).limit(limit + 1)
+    if status:
+        q = q.where(Job.status.in_(status))
+    if name:
+        q = q.where(Job.name.like(name.replace("%", r"\%").replace("_", r"\_").replace("*", "%"), escape="\\")
+                    if "*" in name else Job.name == name)
+    for key, value in labels:
+        sub = select(JobLabel.job_id).where(JobLabel.key == key)
+        if value is not None:
+            sub = sub.where(JobLabel.value == value)
+        q = q.where(Job.id.in_(sub))
+    if cursor:
+        q = q.where(Job.id < cursor)
+    with db.read() as s:
+        jobs = list(s.scalars(q))
+        more = len(jobs) > limit
+        jobs = jobs[:limit]
+        ids = [j.id for j in jobs]
+        stages: dict[str, list] = {i: [] for i in ids}
+        labels_of: dict[str, dict] = {i: {} for i in ids}
+        if ids:
+            for st in s.scalars(select(Stage).where(Stage.job_id.in_(ids))):
+                stages[st.job_id].append(st)
+            for lb in s.scalars(select(JobLabel).where(JobLabel.job_id.in_(ids))):
+                labels_of[lb.job_id][lb.key] = lb.value
+    return {"items": [job_view(j, labels_of[j.id], stages[j.id]) for j in jobs],
+            "next_cursor": jobs[-1].id if more and jobs else None}
+
+
+def cancel(db: Database, job_id: str) -> dict:
+    """A queued job is cancelled at once; a running one is asked to stop (the worker sends SIGTERM, then
+    SIGKILL after the grace period) and ends `cancelled`."""
+    now = time.time()
+    with db.write() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise NotFound(f"job {job_id} not found")
+        if job.status in lifecycle.TERMINAL:
+            raise Conflict(f"job {job_id} is already {job.status}")
+        if job.status == "queued":
+            attempt = lifecycle.current_attempt(s, job_id)
+            if attempt is not None and attempt.status == "queued":
+                attempt.status, attempt.finished_at = "cancelled", now
+            lifecycle.finish_job(s, job, "cancelled", now, attempt=attempt.number if attempt else None)
+        elif not job.cancel_requested:
+            job.cancel_requested, job.updated_at = True, now
+            lifecycle.add_event(s, job_id, "cancel_requested", "cancel requested; stopping the running stage",
+                                now=now)
+    return get(db, job_id)
+
+
+def retry(db: Database, job_id: str) -> dict:
+    """Run a failed or cancelled job again as a new attempt; finished stages are kept, the others resume."""
+    now = time.time()
+    with db.write() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise NotFound(f"job {job_id} not found")
+        if job.status not in ("failed", "cancelled"):
+            raise Conflict(f"job {job_id} is {job.status}; only failed or cancelled jobs can be retried")
+        last = lifecycle.current_attempt(s, job_id)
+        job.status, job.queued_at, job.updated_at, job.finished_at = "queued", now, now, None
+        job.cancel_requested, job.failure_class, job.failure_reason = False, None, None
+        job.pending_reason = "retry requested; waiting for a worker"
+        s.execute(update(Stage).where(Stage.job_id == job_id, Stage.status != "succeeded").values(status="pending"))
+        attempt = lifecycle.new_attempt(s, job, (last.number if last else 0) + 1, now)
+        lifecycle.add_event(s, job_id, "retried", f"retry requested: attempt {attempt.number} queued", now=now)
+    return get(db, job_id)
+
+
+def events(db: Database, job_id: str, after: int = 0, limit: int = 1000) -> list[dict]:
+    with db.read() as s:
+        if s.get(Job, job_id) is None:
+            raise NotFound(f"job {job_id} not found")
+        rows = s.scalars(select(Event).where(Event.job_id == job_id, Event.id > after).order_by(Event.id)
+                         .limit(limit))
+        return [event_view(e) for e in rows]

@@ -1,0 +1,1 @@
+"""Workers: claim queued jobs with leases and run their stages through launchers."""
