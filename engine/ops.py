@@ -56,6 +56,12 @@ def adamw(param_groups, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_
                              foreach=True)
 
 
+def fused_adamw(param_groups, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1):
+    """The same update as `adamw` in one fused kernel per step (torch's _fused_adamw_: cuda, cpu, and
+    npu through torch_npu); the "triton" and "npu" tables use it."""
+    return torch.optim.AdamW(param_groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=True)
+
+
 # Implementation name -> module exposing OPERATORS: dict[op name, callable]. Imported lazily so
 # that torch_npu / triton are only touched when asked for.
 IMPLEMENTATIONS: dict[str, str] = {
