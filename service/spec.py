@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,18 +164,62 @@ def parse_body(body: bytes, content_type: str | None) -> Any:
     ctype = (content_type or "application/json").split(";")[0].strip().lower()
     if not body.strip():
         raise SpecError([_err(("body",), "empty body; expected a job spec", "missing")])
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SpecError([_err(("body",), "body is not UTF-8 text", "encoding")]) from None
     if "yaml" in ctype:
         try:
-            return yaml.safe_load(body)
+            # aliases could expand a small body into a huge spec: a job spec never needs them
+            if any(isinstance(ev, yaml.AliasEvent) for ev in yaml.parse(text, Loader=yaml.SafeLoader)):
+                raise SpecError([_err(("body",), "YAML aliases (*name) are not accepted", "yaml_invalid")])
+            data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise SpecError([_err(("body",), f"invalid YAML: {exc}", "yaml_invalid")]) from None
+        except RecursionError:
+            raise SpecError([_err(("body",), "YAML nested too deeply", "yaml_invalid")]) from None
+        for loc, v in _leaves(data):
+            if isinstance(v, float) and not math.isfinite(v):
+                raise SpecError([_err(("body",) + loc, "NaN and infinity are not accepted", "finite_number")])
+            if not isinstance(v, (str, int, float, bool, type(None))):
+                what = "a non-string key" if isinstance(v, _NonStringKey) else f"a {type(v).__name__}"
+                raise SpecError([_err(("body",) + loc, f"{what} is not a JSON value (quote it)", "json_type")])
+        return data
     try:
-        return json.loads(body)
-    except UnicodeDecodeError:
-        raise SpecError([_err(("body",), "body is not UTF-8", "json_invalid")]) from None
+        return json.loads(text, parse_constant=_no_constant)
+    except _NonFinite as exc:
+        raise SpecError([_err(("body",), f"invalid JSON: {exc} is not accepted", "json_invalid")]) from None
     except json.JSONDecodeError as exc:
         raise SpecError([_err(("body",), f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
                               "json_invalid")]) from None
+    except RecursionError:
+        raise SpecError([_err(("body",), "JSON nested too deeply", "json_invalid")]) from None
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+def _no_constant(name: str):
+    raise _NonFinite(name)
+
+
+class _NonStringKey:
+    """Stands for a mapping key that is not a string (YAML allows `1: x`, JSON does not)."""
+
+
+def _leaves(value, loc=()):
+    """(loc, value) of every non-container in parsed YAML; a non-string key counts as a leaf too."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                yield loc + (str(k),), _NonStringKey()
+            yield from _leaves(v, loc + (str(k),))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _leaves(v, loc + (i,))
+    else:
+        yield loc, value
 
 
 def pydantic_errors(exc: ValidationError, prefix: tuple) -> list[dict]:

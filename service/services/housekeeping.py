@@ -71,9 +71,9 @@ def refresh_pending_reasons(db: Database, worker_timeout_s: float, limit: int = 
                                 .limit(limit)).all())
     changed = 0
     for ahead, (job_id, backend, dpn, launcher, old) in enumerate(queued):
-        if old and old.startswith("restart ") and workers:
-            continue  # keep the restart's reason until a worker claims it
         reason = wait_reason(backend, dpn, launcher, workers, ahead)
+        if old and old.startswith("restart "):  # keep saying why it is queued again
+            reason = f"{old.split('; now: ')[0]}; now: {reason}"
         if reason != old:
             with db.write() as s:
                 changed += s.execute(update(Job).where(Job.id == job_id, Job.status == "queued")

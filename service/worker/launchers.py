@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import importlib
 import os
-import queue
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -38,6 +36,7 @@ class LaunchRequest:
     time_limit_s: float | None = None
     pass_fds: tuple[int, ...] = ()  # kept open in the child (the run directory's lock)
     cwd: str | None = None  # None: the worker's working directory (engine defaults like data/sample)
+    output_stem: str = "logs/stage"  # stdout/stderr go to RUN_DIR/<stem>.stdout and .stderr
     options: dict = field(default_factory=dict)  # launcher-specific (slurm: partition, account, extra_args)
 
 
@@ -45,6 +44,7 @@ class Process(ABC):
     """A started stage. Exit codes follow docs/engine-contract.md (a death by signal N reads 128+N)."""
 
     id: str  # pid, Slurm job id, ...
+    command: list[str]  # what was actually launched (for the job's log)
 
     @abstractmethod
     def poll(self) -> int | None: ...
@@ -60,8 +60,9 @@ class Process(ABC):
     @abstractmethod
     def kill(self) -> None: ...
 
-    def finish_output(self, timeout: float = 5.0) -> None:
-        """After exit: wait until the last output has been read."""
+    def drain_final(self) -> list[tuple[str, float, str]]:
+        """After exit: the remaining lines, the last one even without a newline."""
+        return self.drain()
 
 
 class Launcher(ABC):
@@ -91,28 +92,45 @@ def exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+class FileTail:
+    """Complete lines appended to a file since the last read (the stage writes, the worker reads)."""
+
+    def __init__(self, path: Path, stream: str):
+        self.path, self.stream, self.offset, self.partial = path, stream, 0, b""
+
+    def read(self, final: bool = False) -> list[tuple[str, float, str]]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read(4 << 20)
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        data = self.partial + data
+        lines = data.split(b"\n")
+        self.partial = lines.pop()
+        if final and self.partial:
+            lines.append(self.partial)
+            self.partial = b""
+        now = time.time()
+        return [(self.stream, now, raw.decode("utf-8", "replace").rstrip("\r")) for raw in lines]
+
+
 class LocalProcess(Process):
-    def __init__(self, popen: subprocess.Popen):
+    """Output goes to files in the run directory, not pipes: a stage outlives a killed worker long enough
+    to checkpoint (a pipe would break under it), and the raw logs stay on disk next to the run."""
+
+    def __init__(self, popen: subprocess.Popen, stdout: Path, stderr: Path):
         self.popen = popen
         self.id = str(popen.pid)
-        self._lines: queue.SimpleQueue = queue.SimpleQueue()
-        self._readers = [threading.Thread(target=self._read, args=(pipe, name), daemon=True)
-                         for pipe, name in ((popen.stdout, "stdout"), (popen.stderr, "stderr"))]
-        for t in self._readers:
-            t.start()
-
-    def _read(self, pipe, name: str) -> None:
-        for raw in iter(pipe.readline, b""):
-            self._lines.put((name, time.time(), raw.decode("utf-8", "replace").rstrip("\r\n")))
-        pipe.close()
+        self.command = list(popen.args)
+        self.tails = [FileTail(stdout, "stdout"), FileTail(stderr, "stderr")]
 
     def drain(self):
-        out = []
-        while True:
-            try:
-                out.append(self._lines.get_nowait())
-            except queue.Empty:
-                return out
+        return [line for t in self.tails for line in t.read()]
+
+    def drain_final(self):
+        return [line for t in self.tails for line in t.read(final=True)]
 
     def poll(self):
         rc = self.popen.poll()
@@ -130,10 +148,6 @@ class LocalProcess(Process):
     def kill(self):
         self._signal(signal.SIGKILL)
 
-    def finish_output(self, timeout: float = 5.0):
-        for t in self._readers:
-            t.join(timeout)
-
 
 class LocalLauncher(Launcher):
     name = "local"
@@ -150,7 +164,10 @@ class LocalLauncher(Launcher):
         return argv
 
     def start(self, req: LaunchRequest) -> LocalProcess:
-        popen = subprocess.Popen(self.command(req), cwd=req.cwd, env=req.env, stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                                 pass_fds=req.pass_fds)
-        return LocalProcess(popen)
+        stdout = req.run_dir / f"{req.output_stem}.stdout"
+        stderr = stdout.with_suffix(".stderr")
+        stdout.parent.mkdir(parents=True, exist_ok=True)
+        with open(stdout, "ab") as out, open(stderr, "ab") as err:
+            popen = subprocess.Popen(self.command(req), cwd=req.cwd, env=req.env, stdin=subprocess.DEVNULL,
+                                     stdout=out, stderr=err, start_new_session=True, pass_fds=req.pass_fds)
+        return LocalProcess(popen, stdout, stderr)

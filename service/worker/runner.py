@@ -16,13 +16,14 @@ import logging
 import math
 import os
 import re
+import shlex
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from service import refs
@@ -223,7 +224,8 @@ class AttemptRunner:
         req = LaunchRequest(argv=argv, run_dir=run_dir, env=env, job_id=job.id, stage=st.name, backend=job.backend,
                             processes_per_node=job.devices_per_node if st.kind in ("train", "rounds", "inherit") else 1,
                             nodes=job.nodes, time_limit_s=job.time_limit_s, pass_fds=(lock_fd,),
-                            options=spec_resources.get(job.launcher) or {})
+                            options=spec_resources.get(job.launcher) or {},
+                            output_stem=f"logs/attempt-{self.claim.number}")
         now = time.time()
         with self.write() as s:
             row = s.get(Stage, st.id)
@@ -232,22 +234,27 @@ class AttemptRunner:
             s.execute(update(Attempt).where(Attempt.id == self.claim.attempt_id).values(stage_name=st.name))
             lifecycle.add_event(s, job.id, "stage_started", f"stage {st.name} ({st.kind}) started",
                                 self.claim.number, {"stage": st.name}, now)
-            lifecycle.system_log(s, job.id, "$ " + " ".join(argv), st.id, self.claim.number, now)
             metrics_offset = row.metrics_offset
+            last_steps = {(k, sp): m for k, sp, m in s.execute(
+                select(MetricPoint.key, MetricPoint.split, func.max(MetricPoint.step))
+                .where(MetricPoint.stage_id == st.id).group_by(MetricPoint.key, MetricPoint.split)).all()}
         try:
             proc = launcher_cls().start(req)
         except OSError as exc:
             return Outcome("failed", "infra", f"stage {st.name}: could not start {argv[0]}: {exc}")
-        return _Monitor(self, job, st, run_dir, proc, metrics_offset).run()
+        return _Monitor(self, job, st, run_dir, proc, metrics_offset, last_steps).run()
 
 
 class _Monitor:
     """Watches one running stage process until it exits (or must be stopped)."""
 
-    def __init__(self, runner: AttemptRunner, job: Job, st: Stage, run_dir: Path, proc, metrics_offset: int):
+    def __init__(self, runner: AttemptRunner, job: Job, st: Stage, run_dir: Path, proc, metrics_offset: int,
+                 last_steps: dict):
         self.r, self.job, self.st, self.run_dir, self.proc = runner, job, st, run_dir, proc
         self.offset = metrics_offset
         self.lines: list[tuple[str, float, str]] = []
+        self.last_steps = last_steps  # (key, split) -> highest step stored
+        self.lines.append(("system", time.time(), f"attempt {runner.claim.number}, stage {st.name}: $ {shlex.join(proc.command)}"))
         self.stderr_tail: collections.deque = collections.deque(maxlen=50)
         self.progress_mtime = 0.0
         self.stop_reason: str | None = None
@@ -307,9 +314,25 @@ class _Monitor:
         progress = self._read_progress()
         lines = [{"job_id": self.job.id, "stage_id": self.st.id, "attempt": self.r.claim.number, "stream": stream,
                   "time": t, "line": line[:MAX_LINE]} for stream, t, line in self.lines]
+        # a stage resumed from a checkpoint recomputes the steps after it: the new values replace the old
+        # ones, whether those are already stored (cut) or earlier in this batch
+        keep, cut, seen = [], {}, dict(self.last_steps)
+        for p in points:
+            k = (p["key"], p["split"])
+            if k in seen and p["step"] <= seen[k]:
+                keep = [q for q in keep if (q["key"], q["split"]) != k or q["step"] < p["step"]]
+                if self.last_steps.get(k, -1) >= p["step"]:
+                    cut[k] = min(cut.get(k, p["step"]), p["step"])
+                seen[k] = p["step"]
+            seen[k] = max(seen.get(k, p["step"]), p["step"])
+            keep.append(p)
+        points = keep
         with self.r.write() as s:
             if lines:
                 s.execute(insert(LogLine), lines)
+            for (key, split), step in cut.items():
+                s.execute(delete(MetricPoint).where(MetricPoint.stage_id == self.st.id, MetricPoint.key == key,
+                                                    MetricPoint.split == split, MetricPoint.step >= step))
             if points:
                 s.execute(insert(MetricPoint), points)
             values = {"metrics_offset": new_offset, **(progress or {})}
@@ -318,6 +341,7 @@ class _Monitor:
                 extra(s)
             cancel = bool(s.scalar(select(Job.cancel_requested).where(Job.id == self.job.id)))
         self.lines, self.offset = [], new_offset
+        self.last_steps = seen
         return cancel
 
     def _stop(self, reason: str) -> None:
@@ -331,9 +355,7 @@ class _Monitor:
         lost = False
         while True:
             rc = self.proc.poll()
-            if rc is not None:
-                self.proc.finish_output()
-            self._take_lines()
+            self._take_lines(final=rc is not None)
             now = time.time()
             if rc is not None:
                 break
@@ -363,8 +385,8 @@ class _Monitor:
             return Outcome("lost")
         return self.r._retrying(lambda: self._record_exit(rc))
 
-    def _take_lines(self) -> None:
-        for item in self.proc.drain():
+    def _take_lines(self, final: bool = False) -> None:
+        for item in (self.proc.drain_final() if final else self.proc.drain()):
             self.lines.append(item)
             if item[0] == "stderr":
                 self.stderr_tail.append(item[2])
