@@ -35,6 +35,7 @@ class StageOut(BaseModel):
     started_at: float | None = None
     finished_at: float | None = None
     run_dir: str | None = None
+    launch_id: str | None = None
     summary: dict[str, Any] | None = None
     config: dict[str, Any] | None = None
     resolved_config: dict[str, Any] | None = None

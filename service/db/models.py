@@ -91,6 +91,7 @@ class Stage(Base):
     summary: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     inputs: Mapped[list | None] = mapped_column(JSON, nullable=True)  # resolved references + result.json inputs
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    launch_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # pid, Slurm job id, ...
     started_at: Mapped[float | None] = mapped_column(Double, nullable=True)
     finished_at: Mapped[float | None] = mapped_column(Double, nullable=True)
 

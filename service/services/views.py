@@ -9,8 +9,8 @@ def stage_view(st: Stage, detail: bool) -> dict:
            "total_steps": st.total_steps, "eta_s": st.eta_s, "phase": st.phase, "exit_code": st.exit_code,
            "started_at": st.started_at, "finished_at": st.finished_at}
     if detail:
-        out.update(run_dir=st.run_dir, summary=st.summary, config=st.config, resolved_config=st.resolved_config,
-                   inputs=st.inputs)
+        out.update(run_dir=st.run_dir, launch_id=st.launch_id, summary=st.summary, config=st.config,
+                   resolved_config=st.resolved_config, inputs=st.inputs)
     return out
 
 

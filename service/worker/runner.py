@@ -242,6 +242,11 @@ class AttemptRunner:
             proc = launcher_cls().start(req)
         except OSError as exc:
             return Outcome("failed", "infra", f"stage {st.name}: could not start {argv[0]}: {exc}")
+        try:
+            with self.write() as s:
+                s.execute(update(Stage).where(Stage.id == st.id).values(launch_id=proc.id))
+        except LeaseLost:
+            proc.terminate()  # the monitor's first flush sees the lost lease and finishes stopping it
         return _Monitor(self, job, st, run_dir, proc, metrics_offset, last_steps).run()
 
 
