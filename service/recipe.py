@@ -5,14 +5,15 @@
 The wiring below is the only place that knows which config key of a stage takes which output of
 an earlier one. A recipe section is deep-merged over its wiring, so a user can override any key.
 Assumed outputs (result.json artifact names; see docs/service.md): the tokenizer stage records
-`tokenizer` (the compact model, with its id map) and `large_tokenizer`; train, inherit and rounds
-record a `checkpoint`."""
+`tokenizer` (the compact SentencePiece model), `id_map` (old id -> new id) and `large_tokenizer`
+(the one it compacted); train, inherit and rounds record a `checkpoint`."""
 from __future__ import annotations
 
 import copy
 
 TOK = "${stages.tokenizer.artifacts.tokenizer}"
 LARGE_TOK = "${stages.tokenizer.artifacts.large_tokenizer}"
+ID_MAP = "${stages.tokenizer.artifacts.id_map}"
 
 
 def ckpt(stage: str) -> str:
@@ -40,8 +41,11 @@ def expand(recipe, resources) -> list[tuple[str, str, dict, tuple]]:
     else:
         parent_path = parent.checkpoint or parent.hf_dir
     stages += [
-        ("inherit", "inherit", deep_merge({"parent": parent_path, "tokenizer": TOK, "calib": sources},
-                                          recipe.inherit), at("inherit")),
+        ("inherit", "inherit", deep_merge({"parent": parent_path,
+                                           "calib": {"sources": sources, **({"tokenizer": LARGE_TOK}
+                                                                            if parent.train is not None else {})},
+                                           "vocab": {"id_map": ID_MAP, "tokenizer": TOK}}, recipe.inherit),
+         at("inherit")),
         ("round1", "train", deep_merge({"data": {**data, "tokenizer": TOK}, "init": {"checkpoint": ckpt("inherit")}},
                                        recipe.round1), at("round1")),
         ("round2", "rounds", deep_merge({"data": {**data, "tokenizer": TOK}, "init": {"checkpoint": ckpt("round1")}},

@@ -34,6 +34,8 @@ def test_recipe_expands_to_the_pipeline_wired_by_references():
     assert by["round2"].config["init"]["checkpoint"] == "${stages.round1.artifacts.checkpoint}"
     assert by["export"].config["checkpoint"] == "${stages.round2.artifacts.checkpoint}"
     assert by["inherit"].config["parent"] == "${stages.parent.artifacts.checkpoint}"
+    assert by["inherit"].config["vocab"]["id_map"] == "${stages.tokenizer.artifacts.id_map}"
+    assert by["inherit"].config["calib"]["tokenizer"] == "${stages.tokenizer.artifacts.large_tokenizer}"
     # relative data paths are stored absolute
     assert by["round1"].config["data"]["sources"] == [str(SAMPLE)]
     assert by["round1"].validated_by == "engine.spec:TrainSpec"

@@ -1,0 +1,73 @@
+"""End to end with the real engine commands: `POST /v1/jobs` -> a worker -> `tinyforge <kind>`
+subprocesses -> succeeded. Slow (real training on CPU); they run in CI."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, Service
+from tinyforge.cli import COMMANDS
+
+REAL_ENGINE = {"TINYFORGE_STAGE_SPECS": "engine.spec:STAGE_SPECS",
+               "TINYFORGE_ENGINE_COMMAND": f"{sys.executable} -m tinyforge.cli",
+               "TINYFORGE_LEASE_S": "60", "TINYFORGE_CANCEL_GRACE_S": "30"}
+
+
+def missing_commands(*names: str) -> list[str]:
+    return [n for n in names if importlib.util.find_spec(COMMANDS[n].split(":")[0]) is None]
+
+
+@pytest.fixture
+def real_service(tmp_path):
+    svc = Service(tmp_path / "home", f"sqlite:///{tmp_path / 'tf.db'}", embedded_worker=True, **REAL_ENGINE)
+    yield svc
+    svc.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(bool(missing_commands("train", "export-hf")),
+                    reason=f"engine commands not written yet: {missing_commands('train', 'export-hf')}")
+def test_train_then_export_with_the_real_engine(real_service):
+    spec = yaml.safe_load((REPO / "examples" / "train-export.yaml").read_text())
+    job = real_service.submit(spec, key="e2e-train-export")
+    done = real_service.wait(job["id"], timeout=600)
+    logs = real_service.http.get(f"/v1/jobs/{job['id']}/logs", params={"limit": 10000}).json()["lines"]
+    assert done["status"] == "succeeded", (done, [x["line"] for x in logs][-40:])
+    train, export = done["stages"]
+    arts = {a["name"]: a for a in real_service.http.get(f"/v1/jobs/{job['id']}/artifacts").json()}
+    assert export["resolved_config"]["checkpoint"] == arts["checkpoint"]["path"]
+    assert arts["hf_model"]["type"] == "model" and (Path(arts["hf_model"]["path"]) / "config.json").exists()
+    m = real_service.http.get(f"/v1/jobs/{job['id']}/metrics", params={"keys": "loss"}).json()
+    splits = {s["split"] for s in m["series"] if s["stage"] == "train"}
+    assert {"train", "val"} <= splits
+    assert train["step"] == train["total_steps"] == 30
+    lineage = real_service.http.get(f"/v1/runs/{export['id']}/lineage").json()
+    assert {"from": train["id"], "to": export["id"], "role": "checkpoint"} in lineage["edges"]
+
+
+RECIPE_COMMANDS = ("tokenizer", "train", "inherit", "rounds", "export-hf", "eval")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(bool(missing_commands(*RECIPE_COMMANDS)),
+                    reason=f"engine commands not written yet: {', '.join(missing_commands(*RECIPE_COMMANDS))}")
+def test_recipe_runs_every_stage_to_succeeded(real_service):
+    spec = yaml.safe_load((REPO / "examples" / "recipe.yaml").read_text())
+    plan = real_service.http.post("/v1/jobs:plan", json=spec)
+    assert plan.status_code == 200, plan.text
+    job = real_service.submit(spec, key="e2e-recipe")
+    done = real_service.wait(job["id"], timeout=1500)
+    logs = real_service.http.get(f"/v1/jobs/{job['id']}/logs", params={"limit": 10000}).json()["lines"]
+    assert done["status"] == "succeeded", (json.dumps(done, indent=1)[:4000], [x["line"] for x in logs][-60:])
+    assert [s["name"] for s in done["stages"]] == ["tokenizer", "parent", "inherit", "round1", "round2", "export",
+                                                   "eval"]
+    assert all(s["status"] == "succeeded" for s in done["stages"])
+    eval_run = done["stages"][-1]
+    lineage = real_service.http.get(f"/v1/runs/{eval_run['id']}/lineage").json()
+    names = {n.get("stage") for n in lineage["nodes"] if n["type"] == "run"}
+    assert {"tokenizer", "parent", "inherit", "round1", "round2"} <= names
