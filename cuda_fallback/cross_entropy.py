@@ -1,11 +1,7 @@
-"""Fused linear + cross-entropy: row chunks of logits go through one Triton kernel that computes
-each row's loss and overwrites the logits in place with d loss / d logits, so the full
-(tokens x vocab) logits never exist and the chunk buffer is reused as the gradient.
-
-The gradients w.r.t. h and the projection weight are computed during the forward (two matmuls per
-chunk) and only scaled in backward: 3 matmuls in all, like eager, with no recomputation. The loss
-is the last op of the model, so holding grad_h / grad_w until backward costs no extra peak.
-Chunking and input checks are shared with the plain-torch version (engine.chunked_ops).
+"""Fused linear + cross-entropy: engine.chunked_ops' row-chunk loop (the full tokens x vocab logits
+never exist, gradients folded into grad_h / grad_w during forward) with its per-chunk step done by
+one Triton kernel: an online log-sum-exp pass over the vocabulary, then a pass that overwrites the
+chunk's logits in place with d loss / d logits, so the chunk buffer is reused as the gradient.
 """
 from __future__ import annotations
 
@@ -14,7 +10,7 @@ import triton
 import triton.language as tl
 
 from cuda_fallback.launch import check_device
-from engine.chunked_ops import check_inputs, chunk_rows, compute_dtype
+from engine import chunked_ops as chunked
 
 BLOCK_V = 1024
 
@@ -50,51 +46,17 @@ def _ce_loss_and_grad(LOGITS, stride_row, TARGETS, LOSS, vocab, ignore_index, gr
             tl.store(ptr + cols, (p * scale).to(LOGITS.dtype.element_ty), mask=col_mask)
 
 
-class TritonLinearCrossEntropy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, h, weight, targets, ignore_index: int, rows: int):
-        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        dtype = compute_dtype(h, weight)
-        n_rows, vocab = h.shape[0], weight.shape[0]
-        with torch.autocast(h.device.type, enabled=False):
-            hc, wc = h.to(dtype), weight.to(dtype)
-            targets = targets.contiguous()
-            n_valid = (targets != ignore_index).sum()
-            # a host-side scale keeps the kernel simple; one sync per step is negligible
-            grad_scale = 1.0 / max(int(n_valid), 1)
-            row_loss = torch.empty(n_rows, dtype=torch.float32, device=h.device)
-            grad_h = torch.empty_like(h) if need_h else None
-            grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-            for start in range(0, n_rows, rows):
-                end = min(start + rows, n_rows)
-                logits = hc[start:end] @ wc.T  # [rows, V] in the compute dtype, overwritten by its gradient
-                _ce_loss_and_grad[(end - start,)](logits, logits.stride(0), targets[start:end], row_loss[start:end],
-                                                  vocab, ignore_index, grad_scale, BLOCK_V=BLOCK_V,
-                                                  WRITE_GRAD=need_h or need_w)
-                if need_h:
-                    grad_h[start:end] = logits @ wc
-                if need_w:
-                    if dtype == torch.float32:
-                        grad_w.addmm_(logits.T, hc[start:end])
-                    else:
-                        grad_w.add_(logits.T @ hc[start:end])
-                del logits
-        ctx.save_for_backward(*(g for g in (grad_h, grad_w) if g is not None))
-        ctx.needs, ctx.weight_dtype = (need_h, need_w), weight.dtype
-        return row_loss.sum() / n_valid  # nan when every target is ignored, like F.cross_entropy
-
-    @staticmethod
-    def backward(ctx, grad_loss):
-        saved = iter(ctx.saved_tensors)
-        need_h, need_w = ctx.needs
-        grad_h = next(saved) * grad_loss if need_h else None
-        grad_w = (next(saved) * grad_loss).to(ctx.weight_dtype) if need_w else None
-        return grad_h, grad_w, None, None, None
+def triton_chunk_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int, grad_scale: float,
+                      need_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """engine.chunked_ops' chunk step in one kernel launch: the logits buffer becomes the gradient."""
+    logits = logits.contiguous()
+    loss = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+    _ce_loss_and_grad[(logits.shape[0],)](logits, logits.stride(0), targets, loss, logits.shape[1], ignore_index,
+                                          grad_scale, BLOCK_V=BLOCK_V, WRITE_GRAD=need_grad)
+    return loss, (logits if need_grad else None)
 
 
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                          ignore_index: int = -100, chunk_size: int | None = None) -> torch.Tensor:
-    check_inputs(h, weight, targets, ignore_index)
     check_device("linear_cross_entropy", h, weight)
-    rows = chunk_rows(h.shape[0], weight.shape[0], h.shape[1], chunk_size)
-    return TritonLinearCrossEntropy.apply(h, weight, targets, ignore_index, rows)
+    return chunked.linear_cross_entropy(h, weight, targets, ignore_index, chunk_size, chunk_fn=triton_chunk_loss)

@@ -81,3 +81,20 @@ def test_peak_memory_is_measured_below_a_quarter_of_eager():
     assert eager >= 2 * logits  # the probe sees eager's logits and their gradient
     assert fused <= eager / 4
     assert fused < logits  # never one full logits tensor
+
+
+def test_gradients_are_computed_only_when_autograd_will_use_them():
+    from engine.chunked_ops import torch_chunk_loss
+    seen = []
+
+    def spy(*args):
+        seen.append(args[-1])
+        return torch_chunk_loss(*args)
+
+    h, w, targets = case(20, 50, 8)
+    with torch.no_grad():  # evaluation
+        chunked(h, w, targets, chunk_size=7, chunk_fn=spy)
+    chunked(h.detach(), w.detach(), targets, chunk_size=7, chunk_fn=spy)
+    assert seen == [False] * 6
+    loss = chunked(h, w, targets, chunk_size=7, chunk_fn=spy)
+    assert seen[6:] == [True] * 3 and loss.requires_grad
