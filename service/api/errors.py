@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 
 from service.services.jobs import Conflict, NotFound
 from service.spec import SpecError
@@ -35,6 +36,12 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound):
         return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(OperationalError)
+    async def _db_down(request: Request, exc: OperationalError):
+        log.warning("database unavailable: %s", exc.orig)
+        return JSONResponse({"detail": "database unavailable; retry shortly"}, status_code=503,
+                            headers={"Retry-After": "2"})
 
     @app.exception_handler(Conflict)
     async def _conflict(request: Request, exc: Conflict):

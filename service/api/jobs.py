@@ -5,8 +5,8 @@ import asyncio
 import json
 import time
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.api import schemas
@@ -33,7 +33,7 @@ async def _body(request: Request):
              responses={**BODY_ERRORS, 200: {"model": schemas.JobOut, "description": "repeat of an earlier "
                                              "request with the same Idempotency-Key and body"},
                         409: {"model": schemas.MessageOut}})
-async def submit_job(request: Request, response: Response,
+async def submit_job(request: Request,
                      idempotency_key: str | None = Header(None, alias="Idempotency-Key", min_length=1, max_length=255),
                      principal: Principal = Depends(require("submit"))):
     """Submit a job (JSON, or YAML with Content-Type application/yaml). With an Idempotency-Key, a
@@ -42,9 +42,7 @@ async def submit_job(request: Request, response: Response,
     st = request.app.state
     job, created = await run_in_threadpool(jobs.submit, st.db, st.settings, st.workers, data, idempotency_key,
                                            principal.token_id)
-    if not created:
-        response.status_code = 200
-    return job
+    return JSONResponse(job, status_code=201 if created else 200)  # shape: JobOut (built by services.views)
 
 
 @router.post("/jobs:plan", response_model=schemas.PlanOut, openapi_extra=SPEC_BODY, responses=BODY_ERRORS,
@@ -72,14 +70,15 @@ def list_jobs(request: Request,
             raise SpecError([{"loc": ["query", "label"], "msg": f"expected key or key=value, got {item!r}",
                               "type": "value_error"}])
         labels.append((key, value if sep else None))
-    return jobs.list_jobs(request.app.state.db, status.split(",") if status else None, name, labels, limit, cursor)
+    return JSONResponse(jobs.list_jobs(request.app.state.db, status.split(",") if status else None, name, labels,
+                                       limit, cursor))
 
 
 @router.get("/jobs/{job_id}", response_model=schemas.JobOut, responses={**ERRORS, 404: {"model": schemas.MessageOut}},
             dependencies=[READ])
 def get_job(request: Request, job_id: str):
     """A job with its stages (step, ETA), attempts and, while queued, why it is waiting."""
-    return jobs.get(request.app.state.db, job_id)
+    return JSONResponse(jobs.get(request.app.state.db, job_id))
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=schemas.JobOut, dependencies=[SUBMIT],

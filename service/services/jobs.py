@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from sqlalchemy import select, update
-from sqlalchemy.exc import IntegrityError
 
 from service import spec as specs
 from service.db import Database
 from service.db.models import Attempt, Event, IdempotencyKey, Job, JobLabel, Stage, new_id
 from service.services import lifecycle
+from service.services.group_commit import KeyConflict, Submission, committer
 from service.services.scheduling import WorkerSnapshot, wait_reason
 from service.services.views import event_view, job_view
 from service.settings import Settings
@@ -41,8 +42,12 @@ def plan(settings: Settings, workers: WorkerSnapshot, data) -> dict:
         "resources": r.model_dump(mode="json"), "schedulable": runnable, "reason": None if runnable else reason}
 
 
-def _existing(s, key: str, digest: str) -> str:
-    row = s.get(IdempotencyKey, key)
+_IDEM = IdempotencyKey.__table__.c
+_KEY_LOOKUP = select(_IDEM.request_hash, _IDEM.job_id)
+
+
+def _existing(conn, key: str, digest: str) -> str:
+    row = conn.execute(_KEY_LOOKUP.where(_IDEM.key == key)).first()
     if row is None:
         return ""
     if row.request_hash != digest:
@@ -54,65 +59,66 @@ def submit(db: Database, settings: Settings, workers: WorkerSnapshot, data, idem
            token_id: str | None) -> tuple[dict, bool]:
     """Returns (job, created). A repeated key with the same body returns the original job; with another
     body it raises Conflict. The job, its stages, its first attempt, its first event and the key commit
-    in one transaction."""
+    in one transaction (batched with concurrent submissions: services/group_commit.py)."""
     digest = specs.request_hash(data)
     if idempotency_key:
-        with db.read() as s:
-            job_id = _existing(s, idempotency_key, digest)
+        with db.engine.connect() as conn:
+            job_id = _existing(conn, idempotency_key, digest)
         if job_id:
             return get(db, job_id), False
     p = _plan(settings, data)
     r = p.spec.resources
     now = time.time()
-    job = Job(id=new_id("j"), name=p.spec.name, spec=p.spec.model_dump(mode="json", exclude_none=True),
-              status="queued", priority=r.priority, backend=r.backend, devices_per_node=r.devices_per_node,
-              nodes=r.nodes, launcher=r.launcher, max_restarts=r.max_restarts, restarts=0,
-              time_limit_s=r.time_limit, queue_time_limit_s=r.queue_time_limit,
-              webhook_url=p.spec.webhook.url if p.spec.webhook else None, cancel_requested=False,
-              token_id=token_id, created_at=now, queued_at=now, updated_at=now,
-              pending_reason=wait_reason(r.backend, r.devices_per_node, r.launcher, workers.get()))
-    run_root = Path(settings.runs_dir) / job.id
-    stages = [Stage(id=new_id("r"), job_id=job.id, position=i, name=st.name, kind=st.kind, config=st.config,
-                    status="pending", run_dir=str(run_root / f"{i:02d}-{st.name}"), metrics_offset=0)
+    job_id = new_id("j")
+    job = dict(id=job_id, name=p.spec.name, spec=p.spec.model_dump(mode="json", exclude_none=True),
+               status="queued", priority=r.priority, backend=r.backend, devices_per_node=r.devices_per_node,
+               nodes=r.nodes, launcher=r.launcher, max_restarts=r.max_restarts, restarts=0,
+               time_limit_s=r.time_limit, queue_time_limit_s=r.queue_time_limit,
+               webhook_url=p.spec.webhook.url if p.spec.webhook else None, pending_reason=wait_reason(
+                   r.backend, r.devices_per_node, r.launcher, workers.get()), failure_class=None,
+               failure_reason=None, cancel_requested=False, token_id=token_id, created_at=now, queued_at=now,
+               started_at=None, finished_at=None, updated_at=now)
+    run_root = Path(settings.runs_dir) / job_id
+    stages = [dict(id=new_id("r"), job_id=job_id, position=i, name=st.name, kind=st.kind, config=st.config,
+                   resolved_config=None, status="pending", run_dir=str(run_root / f"{i:02d}-{st.name}"), step=None,
+                   total_steps=None, eta_s=None, phase=None, metrics_offset=0, summary=None, inputs=None,
+                   exit_code=None, launch_id=None, started_at=None, finished_at=None)
               for i, st in enumerate(p.stages)]
-    labels = [JobLabel(job_id=job.id, key=k, value=v) for k, v in p.spec.labels.items()]
+    attempt = dict(id=new_id("a"), job_id=job_id, number=1, status="queued", worker_id=None, lease_token=None,
+                   lease_expires_at=None, stage_name=None, exit_code=None, failure_class=None, failure_reason=None,
+                   created_at=now, started_at=None, heartbeat_at=None, finished_at=None)
+    sub = Submission(job, stages, [{"job_id": job_id, "key": k, "value": v} for k, v in p.spec.labels.items()],
+                     attempt, {"job_id": job_id, "time": now, "type": "submitted", "attempt": None, "data": None,
+                               "message": f"submitted with {len(stages)} stage(s)"}, idempotency_key, digest)
     try:
-        with db.write() as s:
-            if idempotency_key:
-                job_id = _existing(s, idempotency_key, digest)  # a concurrent twin may have won
-                if job_id:
-                    return get(db, job_id), False
-            s.add(job)
-            s.flush()  # the job row first: stages, attempts and keys reference it
-            s.add_all(stages + labels)
-            attempt = lifecycle.new_attempt(s, job, 1, now)
-            lifecycle.add_event(s, job.id, "submitted", f"submitted with {len(stages)} stage(s)", now=now)
-            if idempotency_key:
-                s.add(IdempotencyKey(key=idempotency_key, request_hash=digest, job_id=job.id, created_at=now))
-    except IntegrityError:
-        if not idempotency_key:
-            raise
-        with db.read() as s:  # lost a race on the key (PostgreSQL): answer as the winner did
-            job_id = _existing(s, idempotency_key, digest)
-        return get(db, job_id), False
-    return job_view(job, p.spec.labels, stages, [attempt]), True
+        outcome, written_id = committer(db).write(sub)
+    except KeyConflict as exc:
+        raise Conflict(str(exc)) from None
+    if outcome == "existing":  # a concurrent twin with the same key won
+        return get(db, written_id), False
+    ns = SimpleNamespace
+    return job_view(ns(**job), p.spec.labels, [ns(**x) for x in stages], [ns(**attempt)]), True
+
+
+def _rows(s, stmt) -> list:
+    return list(s.execute(stmt).all())
 
 
 def get(db: Database, job_id: str, detail: bool = True) -> dict:
     with db.read() as s:
-        job = s.get(Job, job_id)
+        job = s.execute(select(Job.__table__).where(Job.id == job_id)).first()
         if job is None:
             raise NotFound(f"job {job_id} not found")
-        stages = list(s.scalars(select(Stage).where(Stage.job_id == job_id)))
-        attempts = list(s.scalars(select(Attempt).where(Attempt.job_id == job_id)))
-        labels = {lb.key: lb.value for lb in s.scalars(select(JobLabel).where(JobLabel.job_id == job_id))}
+        stages = _rows(s, select(Stage.__table__).where(Stage.job_id == job_id))
+        attempts = _rows(s, select(Attempt.__table__).where(Attempt.job_id == job_id))
+        labels = dict(_rows(s, select(JobLabel.key, JobLabel.value).where(JobLabel.job_id == job_id)))
     return job_view(job, labels, stages, attempts, detail=detail)
 
 
 def list_jobs(db: Database, status: list[str] | None = None, name: str | None = None,
               labels: list[tuple[str, str | None]] = (), limit: int = 50, cursor: str | None = None) -> dict:
     """Newest first. `cursor` is the last id of the previous page; `name` may use * as a wildcard."""
-    q = select(Job).order_by(Job.id.desc()).limit(limit + 1)
+    q = select(*[c for c in Job.__table__.c if c.name != "spec"]).order_by(Job.id.desc()).limit(limit + 1)
     if status:
         q = q.where(Job.status.in_(status))
     if name:
@@ -126,16 +132,17 @@ def list_jobs(db: Database, status: list[str] | None = None, name: str | None = 
     if cursor:
         q = q.where(Job.id < cursor)
     with db.read() as s:
-        jobs = list(s.scalars(q))
+        jobs = _rows(s, q)
         more = len(jobs) > limit
         jobs = jobs[:limit]
         ids = [j.id for j in jobs]
         stages: dict[str, list] = {i: [] for i in ids}
         labels_of: dict[str, dict] = {i: {} for i in ids}
         if ids:
-            for st in s.scalars(select(Stage).where(Stage.job_id.in_(ids))):
+            cols = [c for c in Stage.__table__.c if c.name not in ("config", "resolved_config", "inputs", "summary")]
+            for st in s.execute(select(*cols).where(Stage.job_id.in_(ids))):
                 stages[st.job_id].append(st)
-            for lb in s.scalars(select(JobLabel).where(JobLabel.job_id.in_(ids))):
+            for lb in s.execute(select(JobLabel.job_id, JobLabel.key, JobLabel.value).where(JobLabel.job_id.in_(ids))):
                 labels_of[lb.job_id][lb.key] = lb.value
     return {"items": [job_view(j, labels_of[j.id], stages[j.id]) for j in jobs],
             "next_cursor": jobs[-1].id if more and jobs else None}

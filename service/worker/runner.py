@@ -58,6 +58,17 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
 
 
+def _finite(value):
+    """NaN/infinity (json.loads accepts them) become None: JSON columns and responses refuse them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 class AttemptRunner:
     def __init__(self, db: Database, settings: Settings, worker_id: str, claim: Claim, stop: threading.Event):
         self.db, self.settings, self.worker_id, self.claim, self.stop = db, settings, worker_id, claim, stop
@@ -421,7 +432,7 @@ class _Monitor:
             return None, f"result.json is not valid JSON: {exc}"
         if not isinstance(result, dict):
             return None, "result.json is not an object"
-        return result, None
+        return _finite(result), None
 
     def _record_exit(self, rc: int) -> Outcome:
         now = time.time()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 
 from service.db import Database
-from service.db.models import Attempt, Job, Worker
+from service.db.models import Job, Worker
 from service.services import lifecycle
 from service.services.scheduling import fit_clause
 
