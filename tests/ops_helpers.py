@@ -18,7 +18,8 @@ def run_fwd_bwd(fn, inputs: list[torch.Tensor], upstream: torch.Tensor | None = 
     leaves = [t.detach().clone().requires_grad_(t.requires_grad) for t in inputs]
     out = fn(*leaves)
     if upstream is None:
-        upstream = torch.randn(out.shape, generator=torch.Generator(device="cpu").manual_seed(seed)).to(out)
+        upstream = torch.randn(out.shape, generator=torch.Generator(device="cpu").manual_seed(seed))
+    upstream = upstream.to(out)
     out.backward(upstream)
     return out.detach(), [t.grad for t in leaves if t.requires_grad], upstream
 

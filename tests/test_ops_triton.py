@@ -163,3 +163,38 @@ def test_tiny_model_trains_the_same_with_triton_kernels_and_reference():
             losses[name].append(loss.item())
     assert losses["triton"][-1] < losses["triton"][0]  # it trains
     torch.testing.assert_close(torch.tensor(losses["triton"]), torch.tensor(losses["torch"]), atol=1e-4, rtol=1e-4)
+
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the interpreter has no bf16)")
+
+
+def gpu_cases():
+    T, D = 65, 64
+    cos, sin = rope_tables(T, D)
+    h, w, targets = ce_case(300, 5003, 96, ignored=(7,))
+    return {
+        "rms_norm": (lambda f: lambda x, w: f(x, w, 1e-5), [randn(2, T, 1792), randn(1792)]),
+        "rotary": (lambda f: lambda x: f(x.transpose(1, 2), cos, sin), [randn(2, T, 14, D)]),
+        "swiglu": (lambda f: f, [randn(2, T, 2 * 4800)]),
+        "linear_cross_entropy": (lambda f: lambda h, w: f(h, w, targets), [h, w]),
+    }
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("op", ["rms_norm", "rotary", "swiglu", "linear_cross_entropy"])
+def test_triton_kernels_in_bf16_on_gpu(op):
+    wrap, inputs = gpu_cases()[op]
+    inputs = [t.detach().bfloat16().requires_grad_() if op != "linear_cross_entropy" else t for t in inputs]
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=op == "linear_cross_entropy"):
+        assert_matches_reference(wrap(triton_ops.OPERATORS[op]), wrap(getattr(ref, op)), inputs, atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("op", ["rms_norm", "rotary", "swiglu", "linear_cross_entropy"])
+def test_liger_alternative_matches_reference_on_gpu(op):
+    pytest.importorskip("liger_kernel", reason="liger-kernel not installed (pip install 'tinyforge[cuda]')")
+    from cuda_fallback import liger
+    wrap, inputs = gpu_cases()[op]
+    assert_matches_reference(wrap(liger.OPERATORS[op]), wrap(getattr(ref, op)), inputs, atol=1e-4, rtol=1e-4)
