@@ -14,9 +14,11 @@ from service.commands._common import settings_options, setup_logging
 @click.option("--launcher", "launchers", multiple=True, help="launchers to offer (default: every available one)")
 @click.option("--id", "worker_id", default=None, help="worker id (default: host-pid-random)")
 @click.option("--engine-command", default=None, help="argv prefix of stage commands (env TINYFORGE_ENGINE_COMMAND)")
+@click.option("--alive-file", default=None, help="touched at every heartbeat that reached the database "
+                                                "(for container health checks)")
 @click.option("--log-level", default="info", show_default=True)
 @settings_options
-def worker(devices, launchers, worker_id, engine_command, log_level, settings):
+def worker(devices, launchers, worker_id, engine_command, alive_file, log_level, settings):
     """Run jobs until SIGTERM/SIGINT (a running stage then checkpoints and its job is requeued)."""
     from service.db import Database
     from service.worker.worker import Worker, parse_devices
@@ -26,7 +28,8 @@ def worker(devices, launchers, worker_id, engine_command, log_level, settings):
         settings = settings.with_(engine_command=tuple(shlex.split(engine_command)))
     settings.ensure_home()
     w = Worker(Database(settings.url), settings, worker_id=worker_id,
-               devices=parse_devices(devices) if devices else None, launchers=list(launchers) or None)
+               devices=parse_devices(devices) if devices else None, launchers=list(launchers) or None,
+               alive_file=alive_file)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: w.stop.set())
     w.run()

@@ -11,6 +11,7 @@ import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 from service.db import Database
 from service.services import housekeeping, workers
@@ -41,8 +42,9 @@ def parse_devices(text: str) -> dict:
 
 class Worker:
     def __init__(self, db: Database, settings: Settings, worker_id: str | None = None, devices: dict | None = None,
-                 launchers: list[str] | None = None):
+                 launchers: list[str] | None = None, alive_file: str | None = None):
         self.db, self.settings = db, settings
+        self.alive_file = Path(alive_file) if alive_file else None
         self.host = socket.gethostname()
         self.id = worker_id or f"{self.host}-{os.getpid()}-{os.urandom(2).hex()}"
         self.devices = devices or detect_devices()
@@ -55,6 +57,8 @@ class Worker:
         while not self.stop.wait(max(self.settings.heartbeat_s, 0.5)):
             try:
                 workers.heartbeat(self.db, self.id)
+                if self.alive_file:  # for container health checks: fresh while heartbeats reach the database
+                    self.alive_file.touch()
             except Exception as exc:  # the database may be restarting: keep beating
                 log.warning("worker heartbeat failed: %s", exc)
 

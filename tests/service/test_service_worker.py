@@ -265,3 +265,18 @@ def test_read_only_token_cannot_cancel(service):
     ro = service.http.post("/v1/tokens", json={"scope": "read"}).json()["token"]
     r = httpx.post(f"{service.url}/v1/jobs/{job['id']}/cancel", headers={"Authorization": f"Bearer {ro}"})
     assert r.status_code == 403 and service.job(job["id"])["status"] == "queued"
+
+
+def test_several_workers_run_each_job_exactly_once(service):
+    for i in range(3):
+        service.worker(f"w{i}")
+    ids = [service.submit({"name": f"many-{i}", "resources": {"priority": i % 3},
+                           "stages": [stage(steps=1, step_time=0)]})["id"] for i in range(24)]
+    done = [service.wait(i, timeout=120) for i in ids]
+    assert all(j["status"] == "succeeded" for j in done)
+    assert all(len(j["attempts"]) == 1 and j["attempts"][0]["status"] == "succeeded" for j in done)
+    for j in done:  # one claim each: exactly one `started` event, one run of the stage
+        events = service.http.get(f"/v1/jobs/{j['id']}/events").json()
+        assert [e["type"] for e in events].count("started") == 1
+        assert j["stages"][0]["summary"]["starts"] == [[1, 0]]
+    assert len({j["attempts"][0]["worker_id"] for j in done}) >= 2  # the work was shared
