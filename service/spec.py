@@ -4,6 +4,7 @@ Every problem is reported as {"loc": [...], "msg": ...} with the field's path fr
 (for example body.stages.2.config.data.sources.0), so a client can show it next to the field."""
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import math
@@ -286,12 +287,13 @@ def check_path(value: str, roots: tuple[Path, ...], must_exist: bool, cwd: Path)
     return str(p)
 
 
-def _presets() -> set[str] | None:
+@functools.lru_cache(maxsize=1)
+def _presets() -> frozenset[str] | None:
     try:
         from engine.config import preset_names  # a registry of names, no torch import
     except ImportError:
         return None
-    return set(preset_names())
+    return frozenset(preset_names())
 
 
 def check_values(config: Any, loc: tuple, roots, cwd: Path, errors: list, key=None, path_key=None):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 
 from service.db import Database
 from service.db.models import Attempt, IdempotencyKey, Job
@@ -63,22 +63,35 @@ def enforce_queue_limits(db: Database, now: float | None = None) -> int:
     return n
 
 
+_last_queue_state: dict[int, tuple] = {}
+
+
 def refresh_pending_reasons(db: Database, worker_timeout_s: float, limit: int = 10_000) -> int:
+    """Rewrite the reasons that changed. Skipped while neither the running workers nor the queue's
+    membership changed (new jobs got their reason when submitted)."""
     with db.read() as s:
         workers = alive_workers(s, worker_timeout_s)
+        count, newest = s.execute(select(func.count(), func.max(Job.updated_at)).where(Job.status == "queued")).one()
+        state = (tuple(sorted((w.id, w.busy, tuple(sorted(w.devices.items()))) for w in workers)), count, newest)
+        if _last_queue_state.get(id(db)) == state:
+            return 0
         queued = list(s.execute(select(Job.id, Job.backend, Job.devices_per_node, Job.launcher, Job.pending_reason)
                                 .where(Job.status == "queued").order_by(Job.priority.desc(), Job.id)
                                 .limit(limit)).all())
-    changed = 0
+    changes = []
     for ahead, (job_id, backend, dpn, launcher, old) in enumerate(queued):
         reason = wait_reason(backend, dpn, launcher, workers, ahead)
         if old and old.startswith("restart "):  # keep saying why it is queued again
             reason = f"{old.split('; now: ')[0]}; now: {reason}"
         if reason != old:
-            with db.write() as s:
-                changed += s.execute(update(Job).where(Job.id == job_id, Job.status == "queued")
-                                     .values(pending_reason=reason)).rowcount
-    return changed
+            changes.append({"jid": job_id, "reason": reason})
+    stmt = (update(Job.__table__).where(Job.id == bindparam("jid"), Job.status == "queued")
+            .values(pending_reason=bindparam("reason")))
+    for i in range(0, len(changes), 500):  # short transactions: submissions wait on the same lock
+        with db.write() as s:
+            s.connection().execute(stmt, changes[i:i + 500])
+    _last_queue_state[id(db)] = state
+    return len(changes)
 
 
 def expire_idempotency_keys(db: Database, ttl_s: float) -> None:
@@ -86,10 +99,16 @@ def expire_idempotency_keys(db: Database, ttl_s: float) -> None:
         s.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < time.time() - ttl_s))
 
 
+_last_key_expiry = [0.0]
+
+
 def run_once(db: Database, settings: Settings, webhooks_too: bool = True) -> None:
+    expire_keys = time.time() - _last_key_expiry[0] > 60
+    if expire_keys:
+        _last_key_expiry[0] = time.time()
     for step in (lambda: expire_leases(db), lambda: enforce_queue_limits(db),
                  lambda: refresh_pending_reasons(db, settings.worker_timeout_s),
-                 lambda: expire_idempotency_keys(db, settings.idempotency_ttl_s),
+                 lambda: expire_keys and expire_idempotency_keys(db, settings.idempotency_ttl_s),
                  lambda: webhooks_too and webhooks.deliver_due(db, settings.secret(), settings.webhook_max_attempts)):
         try:
             step()
