@@ -1,0 +1,90 @@
+"""The `inherit` stage's config: which parent, what child shape, how to choose layers and widths,
+which calibration data, and (for a compact tokenizer) which vocabulary rows to keep."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+
+from engine.paths import BUNDLED_CORPUS
+from engine.spec import Strict
+
+DepthMethod = Literal["uniform", "first", "last", "ends", "explicit", "block_influence", "loss_rise"]
+WidthMetric = Literal["random", "l1", "l2", "taylor", "activation", "learnable"]
+CHILD_SHAPE_FIELDS = ("vocab_size", "n_layer", "n_embd", "n_head", "n_kv_head", "ffn_hidden")
+
+
+class ChildSpec(Strict):
+    """The child's shape: a preset, a model-config file, and/or explicit fields (these win). Fields
+    left unset are the parent's; head_dim is always the parent's (heads are kept whole)."""
+    preset: str | None = None
+    config: str | None = Field(None, description="JSON/YAML file of ModelConfig fields")
+    vocab_size: PositiveInt | None = None
+    n_layer: PositiveInt | None = None
+    n_embd: PositiveInt | None = None
+    n_head: PositiveInt | None = None
+    n_kv_head: PositiveInt | None = None
+    ffn_hidden: PositiveInt | None = None
+    tie_embeddings: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.preset and self.config:
+            raise ValueError("child: give either preset or config, not both")
+        return self
+
+
+class DepthSpec(Strict):
+    method: DepthMethod = "ends"
+    layers: list[NonNegativeInt] | None = Field(None, description="parent layer ids kept (method explicit)")
+    first: NonNegativeInt | None = Field(None, description="ends: layers kept from the start "
+                                                           "(default: half of the child's, rounded up)")
+
+    @model_validator(mode="after")
+    def _explicit(self):
+        if self.method == "explicit" and not self.layers:
+            raise ValueError("depth.layers: method 'explicit' needs the list of parent layers to keep")
+        if self.layers and self.method != "explicit":
+            raise ValueError(f"depth.layers: only used with method 'explicit', not {self.method!r}")
+        return self
+
+
+class LearnableSpec(Strict):
+    """Hard-concrete gates (Louizos et al. 2018, as in Sheared-LLaMA) trained against the LM loss
+    with a Lagrangian pulling each structure's expected sparsity to its target."""
+    steps: PositiveInt = 200
+    ramp_frac: float = Field(0.5, ge=0, le=1, description="target sparsity ramps linearly over this share of steps")
+    lr: PositiveFloat = Field(0.1, description="learning rate of the gates' log-alpha")
+    lagrangian_lr: PositiveFloat = Field(0.1, description="learning rate of the Lagrange multipliers (ascent)")
+    temperature: PositiveFloat = 2 / 3
+    init_keep: float = Field(0.9, gt=0, lt=1, description="initial keep probability of every gate")
+
+
+class CalibSpec(Strict):
+    sources: list[str] = Field(default_factory=lambda: [str(BUNDLED_CORPUS)], min_length=1)
+    tokenizer: str | None = Field(None, description="the parent's tokenizer; default: from the parent, else 'byte'")
+    batches: PositiveInt = Field(8, description="calibration batches for data-driven scores")
+    micro_batch: PositiveInt = 4
+    seq_len: PositiveInt = 128
+    val_fraction: float = Field(0.05, gt=0, lt=0.5)
+    chunk_bytes: PositiveInt = 4096
+    cache_dir: str | None = None
+
+
+class VocabSpec(Strict):
+    id_map: str | None = Field(None, description="compact tokenizer's id map: JSON list / .npy array of parent ids "
+                                                 "in child-id order, or a JSON object {parent id: child id}")
+    tokenizer: str | None = Field(None, description="the child's tokenizer (held-out loss, recorded in the checkpoint)")
+
+
+class InheritSpec(Strict):
+    parent: str = Field(description="engine checkpoint (step dir, checkpoints root or run dir) or HF Llama dir")
+    child: ChildSpec = Field(default_factory=ChildSpec)
+    depth: DepthSpec = Field(default_factory=DepthSpec)
+    width: WidthMetric = "l2"
+    learnable: LearnableSpec = Field(default_factory=LearnableSpec)
+    calib: CalibSpec = Field(default_factory=CalibSpec)
+    vocab: VocabSpec = Field(default_factory=VocabSpec)
+    eval_batches: NonNegativeInt = Field(8, description="held-out batches for the child-vs-random loss (0: skip)")
+    seed: int = 0
+    backend: Literal["auto", "cpu", "cuda", "npu"] = "auto"
