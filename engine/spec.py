@@ -35,6 +35,8 @@ class DataSpec(Strict):
     cache_dir: str | None = Field(None, description="where tokenised shards go; default $TINYFORGE_HOME/datasets")
     batch_ids: str | None = Field(None, description=".npy or JSON list of epoch-0 batch ids to train on "
                                                     "(multi-round replay); default: all batches in order")
+    window_ids: str | None = Field(None, description=".npy or JSON list of training-split window ids to train on "
+                                                     "(per-sequence multi-round replay)")
     probe_batches: int = Field(0, ge=0, description="forgetting probe: loss on this many batches from the first "
                                                     "tenth of the run's schedule, at every evaluation")
 
@@ -51,6 +53,12 @@ class OptimSpec(Strict):
         None, description="if set, lr = lr x (global_batch / base)^0.5")
 
 
+class ParallelSpec(Strict):
+    strategy: Literal["none", "ddp", "zero1", "zero2", "zero3"] = Field(
+        "ddp", description="data parallelism when the world size is above 1 (DeepSpeed ZeRO stages also at 1)")
+    deepspeed_config: str | None = Field(None, description="raw DeepSpeed JSON merged over the generated one")
+
+
 class InitSpec(Strict):
     checkpoint: str | None = Field(None, description="engine checkpoint directory (e.g. an inherited child)")
     hf_dir: str | None = Field(None, description="Hugging Face Llama directory")
@@ -61,6 +69,7 @@ class TrainSpec(Strict):
     data: DataSpec = Field(default_factory=DataSpec)
     optim: OptimSpec = Field(default_factory=OptimSpec)
     init: InitSpec = Field(default_factory=InitSpec)
+    parallel: ParallelSpec = Field(default_factory=ParallelSpec)
     steps: PositiveInt = 200
     batch_size: PositiveInt = Field(16, description="global batch in sequences = micro_batch x accumulation x world")
     micro_batch: PositiveInt = 8
@@ -82,6 +91,8 @@ class TrainSpec(Strict):
     def _check(self):
         if self.init.checkpoint and self.init.hf_dir:
             raise ValueError("init: give either checkpoint or hf_dir, not both")
+        if self.data.batch_ids and self.data.window_ids:
+            raise ValueError("data: give either batch_ids or window_ids, not both")
         if self.batch_size % self.micro_batch:
             raise ValueError(f"batch_size: {self.batch_size} is not a multiple of micro_batch={self.micro_batch}")
         return self

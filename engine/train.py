@@ -9,7 +9,6 @@ import signal
 import sys
 import threading
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +19,10 @@ from engine import distributed
 from engine.arch import count_params, flops_per_token, measured_matmul_peak, training_memory_bytes
 from engine.backend import Backend, resolve
 from engine.config import ModelConfig, model_config, padded_vocab, replace
-from engine.data import BatchSampler, SubsetSampler, TokenData, load_batch_ids, prepare, rank_slice
+from engine.data import (BatchSampler, SubsetSampler, TokenData, WindowSubsetSampler, load_batch_ids, prepare,
+                         rank_slice)
 from engine.model import GPT
+from engine.parallel import Parallel
 from engine.paths import state_home
 from engine.plots import loss_curve
 from engine.run_record import RunRecord, read_metrics
@@ -107,7 +108,7 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
     out_dir = Path(out_dir)
     world = distributed.world_from_env()
     backend = resolve(spec.backend, spec.precision, spec.ops, world.local_rank)
-    distributed.init(world, backend.process_group)
+    distributed.init(world, backend.process_group, single_process_group=spec.parallel.strategy.startswith("zero"))
     record = RunRecord(out_dir, enabled=world.is_main)
     say = log if world.is_main else (lambda *a, **k: None)
 
@@ -130,6 +131,9 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
     sampler = BatchSampler(len(train_data), spec.batch_size, spec.seed)
     if spec.data.batch_ids:
         sampler = SubsetSampler(sampler, load_batch_ids(spec.data.batch_ids), spec.seed)
+    elif spec.data.window_ids:
+        sampler = WindowSubsetSampler(len(train_data), load_batch_ids(spec.data.window_ids, "data.window_ids"),
+                                      spec.batch_size, spec.seed)
     # forgetting probe: fixed batches from the first tenth of this run's schedule, re-measured at each eval
     probe_steps = np.linspace(0, max(spec.steps // 10 - 1, 0), spec.data.probe_batches).astype(int).tolist()
     probe_windows = np.concatenate([sampler.windows(s) for s in probe_steps]) if probe_steps else None
@@ -155,10 +159,9 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
         base_lr *= (spec.batch_size / spec.optim.lr_scaling_base_batch) ** 0.5
     optimizer = backend.ops.adamw(param_groups(model, spec.optim.weight_decay), lr=base_lr,
                                   betas=spec.optim.betas, eps=spec.optim.eps, weight_decay=spec.optim.weight_decay)
-    ddp_model = torch.compile(model) if spec.compile else model
-    if world.size > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            ddp_model, device_ids=None if backend.name == "cpu" else [backend.device.index])
+    if spec.compile:
+        model.compile()
+    par = Parallel(model, optimizer, spec, world, backend)
 
     ckpt_root = out_dir / "checkpoints"
     start_step = 0
@@ -166,11 +169,10 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
                                                                       record.event("checkpoint_corrupt", why, path=str(p))))
     if latest:
         manifest, parts = ckpt.load(latest)
-        model.load_state_dict(parts["model"])
-        optimizer.load_state_dict(parts["train_state"]["optimizer"])
+        par.load_full_state(parts["model"], parts["train_state"]["optimizer"])
         set_rng_state(parts["train_state"]["rng"])
         start_step = manifest["step"]
-        say(f"resumed from {latest} at step {start_step}")
+        say(f"resumed from {latest} at step {start_step} (written by {manifest.get('world_size', 1)} process(es))")
         record.event("resumed", f"resumed from step {start_step}", checkpoint=str(latest))
 
     counts = count_params(cfg)
@@ -189,12 +191,14 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
 
     def save(step: int) -> Path:
         path = None
+        model_state, optim_state = par.full_state()  # consolidated: loads into any world size
         if world.is_main:
-            path = ckpt.save(ckpt_root, step, {"model": model.state_dict(),
-                                                "train_state": {"optimizer": optimizer.state_dict(), "rng": rng_state(),
+            path = ckpt.save(ckpt_root, step, {"model": model_state,
+                                                "train_state": {"optimizer": optim_state, "rng": rng_state(),
                                                                 "step": step}},
                              {"model_config": cfg.to_dict(), "tokenizer": spec.data.tokenizer,
-                              "data_dir": str(data_dir)}, keep=spec.keep_checkpoints)
+                              "data_dir": str(data_dir), "world_size": world.size,
+                              "strategy": par.strategy}, keep=spec.keep_checkpoints)
         distributed.barrier(world)
         return path or ckpt_root / f"step_{step:08d}"
 
@@ -206,21 +210,13 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
         with progress:
             for step in range(start_step, spec.steps):
                 lr = lr_at(step, spec.steps, spec, base_lr)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
+                par.set_lr(lr)
                 windows = rank_slice(sampler.windows(step), world.rank, world.size)
                 loss_sum = 0.0
                 for m in range(accum):
                     x, y = train_data.batch(windows[m * spec.micro_batch:(m + 1) * spec.micro_batch])
-                    sync = ddp_model.no_sync() if (world.size > 1 and m < accum - 1) else nullcontext()
-                    with sync, backend.autocast():
-                        loss = ddp_model(x.to(backend.device), y.to(backend.device))
-                    (loss / accum).backward()
-                    loss_sum += loss.item()
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                           spec.optim.grad_clip or float("inf")).item()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                    loss_sum += par.forward_backward(x.to(backend.device), y.to(backend.device), m, backend.autocast())
+                grad_norm = par.step()
                 done = step + 1
                 loss_val = distributed.mean_across(loss_sum / accum, world, backend.device)
                 if not math.isfinite(loss_val):

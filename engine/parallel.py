@@ -1,0 +1,203 @@
+"""Data-parallel strategies applied to a model and optimizer from outside: none, DDP, DeepSpeed ZeRO 1-3.
+
+Every strategy exposes the same step interface to the training loop, and the same consolidated,
+world-size-independent state (full fp32 weights + AdamW moments keyed by parameter name), so a
+checkpoint written by N processes loads into M processes under any strategy."""
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+STRATEGIES = ("none", "ddp", "zero1", "zero2", "zero3")
+
+
+def deepspeed_config(spec, world_size: int, backend_name: str) -> dict:
+    """The DeepSpeed JSON generated from the job config; `parallel.deepspeed_config` (a raw DeepSpeed
+    JSON file) is merged over it."""
+    stage = int(spec.parallel.strategy[-1])
+    cfg = {
+        "train_batch_size": spec.batch_size,
+        "train_micro_batch_size_per_gpu": spec.micro_batch,
+        "gradient_accumulation_steps": spec.batch_size // (spec.micro_batch * world_size),
+        "gradient_clipping": spec.optim.grad_clip,
+        "zero_optimization": {"stage": stage},
+        "zero_allow_untested_optimizer": True,  # our AdamW from the operator table is a client optimizer
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+    if spec.parallel.deepspeed_config:
+        path = Path(spec.parallel.deepspeed_config)
+        if not path.is_file():
+            raise ValueError(f"parallel.deepspeed_config: {path} does not exist")
+        try:
+            cfg.update(json.loads(path.read_text()))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"parallel.deepspeed_config: {path} is not valid JSON ({exc})")
+    check_deepspeed_config(cfg, backend_name)
+    return cfg
+
+
+def check_deepspeed_config(cfg: dict, backend_name: str) -> None:
+    """Refuse at plan time what cannot run on this device, with the setting named."""
+    zero = cfg.get("zero_optimization", {})
+    for key in ("offload_optimizer", "offload_param"):
+        device = (zero.get(key) or {}).get("device", "none")
+        if device == "nvme":
+            raise ValueError(f"parallel.deepspeed_config: zero_optimization.{key}.device=nvme needs NVMe swap "
+                             "space and async I/O, not configured here")
+        if device == "cpu" and backend_name == "cpu":
+            raise ValueError(f"parallel.deepspeed_config: zero_optimization.{key}.device=cpu offloads to the CPU "
+                             "from an accelerator; the job already runs on the CPU backend")
+        if key == "offload_optimizer" and device == "cpu":
+            try:  # DeepSpeedCPUAdam is a JIT-compiled C++ op: check the compiler now, not after an hour
+                from deepspeed.ops.op_builder import CPUAdamBuilder
+                if not CPUAdamBuilder().is_compatible(verbose=False):
+                    raise RuntimeError
+            except Exception:
+                raise ValueError("parallel.deepspeed_config: zero_optimization.offload_optimizer needs the "
+                                 "DeepSpeedCPUAdam op, which cannot be built here (missing compiler or headers)")
+    if cfg.get("fp16", {}).get("enabled") and backend_name == "cpu":
+        raise ValueError("parallel.deepspeed_config: fp16 is not supported by DeepSpeed on the CPU; use bf16 or fp32")
+
+
+class Parallel:
+    def __init__(self, model, optimizer, spec, world, backend):
+        self.model, self.optimizer, self.world, self.spec = model, optimizer, world, spec
+        self.strategy = spec.parallel.strategy if world.size > 1 or spec.parallel.strategy.startswith("zero") \
+            else "none"
+        self.accum = spec.batch_size // (spec.micro_batch * world.size)
+        self.engine = None
+        self.names = {p: n for n, p in model.named_parameters()}
+        if self.strategy == "ddp" or (self.strategy == "none" and world.size > 1):
+            self.strategy = "ddp"
+            self.wrapped = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=None if backend.device.type == "cpu" else [backend.device.index])
+        elif self.strategy.startswith("zero"):
+            import deepspeed
+            if self.strategy == "zero3":  # the fused loss reads lm_head.weight outside lm_head's forward
+                deepspeed.zero.register_external_parameter(model, model.lm_head.weight)
+            self.engine, self.optimizer, _, _ = deepspeed.initialize(
+                model=model, optimizer=optimizer, config=deepspeed_config(spec, world.size, backend.name))
+            self.wrapped = self.engine
+        else:
+            self.wrapped = model
+
+    def forward_backward(self, x, y, micro_index: int, autocast) -> float:
+        last = micro_index == self.accum - 1
+        sync = self.wrapped.no_sync() if (self.strategy == "ddp" and not last) else nullcontext()
+        with sync:
+            with autocast:
+                loss = self.wrapped(x, y)
+            if self.engine is not None:
+                # DeepSpeed divides by the accumulation steps itself, and its step() must follow every
+                # backward: it counts micro-steps and only updates at the accumulation boundary.
+                self.engine.backward(loss)
+                self.engine.step()
+            else:
+                (loss / self.accum).backward()
+        return loss.item()
+
+    def set_lr(self, lr: float) -> None:
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+
+    def step(self) -> float:
+        if self.engine is not None:
+            norm = self.engine.get_global_grad_norm()
+            return float(norm) if norm is not None else float("nan")
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.optim.grad_clip or float("inf"))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm.item()
+
+    # --- consolidated state: identical format whatever the strategy and world size -------------
+    def full_state(self) -> tuple[dict, dict]:
+        """(model state dict, {"step", "moments": {name: (exp_avg, exp_avg_sq)}}), fp32 on CPU.
+        Collective under ZeRO: every rank must call it."""
+        if self.engine is None:
+            state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+            moments, step = {}, 0
+            for p, name in self.names.items():
+                st = self.optimizer.state.get(p)
+                if st:
+                    moments[name] = (st["exp_avg"].cpu().clone(), st["exp_avg_sq"].cpu().clone())
+                    step = int(st["step"])
+            return state, {"step": step, "moments": moments}
+        from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+        self._ensure_optimizer_state()
+        state, moments = {}, {}
+        for name, p in self.model.named_parameters():
+            state[name] = safe_get_full_fp32_param(p).detach().cpu().clone()
+            m = safe_get_full_optimizer_state(p, "exp_avg")
+            if m is not None:
+                moments[name] = (m.cpu().clone(), safe_get_full_optimizer_state(p, "exp_avg_sq").cpu().clone())
+        for key, value in self.model.state_dict(keep_vars=True).items():  # tied weights: one tensor, two names
+            if key not in state:
+                state[key] = state[self.names[value]]
+        return state, {"step": self._deepspeed_step(), "moments": moments}
+
+    @staticmethod
+    @torch.no_grad()
+    def _set_working_param(p, value: torch.Tensor) -> None:
+        if hasattr(p, "ds_tensor"):  # ZeRO-3: this rank's slice of the flattened, padded parameter
+            part = p.ds_tensor
+            flat = value.flatten().to(part.dtype)
+            flat = torch.nn.functional.pad(flat, (0, part.numel() * torch.distributed.get_world_size() - flat.numel()))
+            part.copy_(flat.narrow(0, part.numel() * torch.distributed.get_rank(), part.numel()))
+        else:
+            p.copy_(value.to(p.dtype))
+
+    def _ensure_optimizer_state(self) -> None:
+        """AdamW creates its moments lazily at the first step, and ZeRO links them to parameters only
+        then: before a resume's first step, create zero moments in the inner (client) optimizer over
+        ZeRO's flat fp32 partitions and link them, exactly as a first step would."""
+        inner = self.optimizer.optimizer
+        # ZeRO-3 empties the inner optimizer's param groups between steps: take its flat partitions
+        flats = getattr(self.optimizer, "fp32_partitioned_groups_flat", None) or \
+            [flat for group in inner.param_groups for flat in group["params"]]
+        for flat in flats:
+            st = inner.state[flat]
+            st.setdefault("step", torch.tensor(0.0))
+            st.setdefault("exp_avg", torch.zeros_like(flat))
+            st.setdefault("exp_avg_sq", torch.zeros_like(flat))
+        if hasattr(self.optimizer, "_lazy_init_hp_params_optimizer_state"):  # ZeRO 1/2
+            # ZeRO 1/2 link moments after stepping the first param group only, so the second group
+            # (no weight decay) stays unlinked: relink every group now that all states exist.
+            self.optimizer._hp_optimizer_states_linked = False
+            self.optimizer._lazy_init_hp_params_optimizer_state()
+
+    def _deepspeed_step(self) -> int:
+        for st in self.optimizer.state.values():
+            if "step" in st:
+                return int(st["step"])
+        return int(self.engine.global_steps)
+
+    def load_full_state(self, model_state: dict, optim_state: dict) -> None:
+        """Inverse of full_state; call on every rank."""
+        if self.engine is None:
+            self.model.load_state_dict(model_state)
+            if optim_state["moments"]:
+                for p, name in self.names.items():
+                    if name in optim_state["moments"]:
+                        m, v = optim_state["moments"][name]
+                        self.optimizer.state[p] = {"step": torch.tensor(float(optim_state["step"])),
+                                                   "exp_avg": m.to(p.device).clone(),
+                                                   "exp_avg_sq": v.to(p.device).clone()}
+            return
+        from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+        self._ensure_optimizer_state()
+        for name, p in self.model.named_parameters():
+            value = model_state[name].to(torch.float32)
+            safe_set_full_fp32_param(p, value)  # the fp32 master partition only...
+            self._set_working_param(p, value)  # ...so also the weights the next forward uses
+            if name in optim_state["moments"]:
+                m, v = optim_state["moments"][name]
+                safe_set_full_optimizer_state(p, m, "exp_avg")
+                safe_set_full_optimizer_state(p, v, "exp_avg_sq")
+        for st in self.optimizer.state.values():
+            if "step" in st:
+                st["step"] = torch.tensor(float(optim_state["step"])) if torch.is_tensor(st["step"]) \
+                    else optim_state["step"]
