@@ -211,6 +211,8 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     args = ap.parse_args()
     results = []
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} before the run "
+          "(other work on the machine lowers every figure)")
     if args.url:
         host, port = args.url.split("://")[1].rstrip("/").split(":")
         results.append(run("given server", host, int(port), args.token, args.clients, args.seconds))

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import threading
 
+import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         threads = [threading.Thread(target=_housekeeping_loop, args=(db, settings, stop), daemon=True,
                                     name="housekeeping")]
         worker = None

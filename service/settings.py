@@ -35,6 +35,7 @@ class Settings:
     webhook_secret: str = ""  # "" = generated once into home/webhook.secret
     webhook_max_attempts: int = 8
     token_cache_s: float = 5.0  # revoked tokens stop working within this many seconds
+    api_threads: int = 40  # request threads (blocking handlers); fewer contend less for the GIL
 
     @classmethod
     def from_env(cls, **overrides) -> "Settings":
@@ -52,7 +53,7 @@ class Settings:
             kw["webhook_secret"] = env["TINYFORGE_WEBHOOK_SECRET"]
         for name, conv in (("lease_s", float), ("heartbeat_s", float), ("worker_timeout_s", float),
                            ("poll_s", float), ("cancel_grace_s", float), ("housekeeping_s", float),
-                           ("max_body_bytes", int), ("token_cache_s", float)):
+                           ("max_body_bytes", int), ("token_cache_s", float), ("api_threads", int)):
             value = env.get(f"TINYFORGE_{name.upper()}")
             if value:
                 kw[name] = conv(value)

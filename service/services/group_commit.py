@@ -1,7 +1,7 @@
-"""Group commit of submissions: one writer thread per process writes every submission waiting at that
-moment in a single transaction, so a burst costs one commit (one fsync on PostgreSQL, one lock
-round on SQLite) instead of one per job. A request gets its answer only after that commit, so
-nothing acknowledged is ever lost.
+"""Group commit of submissions: every submission waiting at one moment is written in a single
+transaction, so a burst costs one commit (one fsync on PostgreSQL, one lock round on SQLite)
+instead of one per job. A request gets its answer only after that commit, so nothing acknowledged
+is ever lost.
 
 Idempotency keys are checked inside the transaction, against the table and against the rest of the
 batch; should another process commit the same key meanwhile (a unique violation), the batch is
@@ -9,7 +9,6 @@ written again one submission per transaction so that only the duplicate fails ov
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from dataclasses import dataclass, field
 
@@ -43,50 +42,57 @@ class Submission:
 
 
 class GroupCommit:
+    """Leader/follower group commit: a request that finds no write in progress writes every submission
+    pending at that moment (its own included) in one transaction; requests arriving meanwhile wait and
+    the next of them writes the next batch. No extra thread, no hand-off when there is no contention."""
+
     def __init__(self, db: Database, max_batch: int = 128):
         self.db, self.max_batch = db, max_batch
-        self.q: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self.cv = threading.Condition()
+        self.pending: list[Submission] = []
+        self.writing = False
 
     def write(self, sub: Submission) -> tuple[str, str]:
-        if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._loop, daemon=True, name="group-commit")
-                    self._thread.start()
-        self.q.put(sub)
-        sub.done.wait()
+        with self.cv:
+            self.pending.append(sub)
+            while self.writing and not sub.done.is_set():
+                self.cv.wait()
+            if not sub.done.is_set():  # lead: write our submission and what else is pending
+                self.writing = True
+                self.pending.remove(sub)
+                n = self.max_batch - 1
+                batch, self.pending = [sub] + self.pending[:n], self.pending[n:]
+            else:
+                batch = []
+        if batch:
+            try:
+                self._write_batch(batch)
+            finally:
+                with self.cv:
+                    self.writing = False
+                    for b in batch:
+                        b.done.set()
+                    self.cv.notify_all()
         if sub.error is not None:
             raise sub.error
         return sub.result
 
-    def _loop(self) -> None:
-        while True:
-            batch = [self.q.get()]
-            while len(batch) < self.max_batch:
+    def _write_batch(self, batch: list[Submission]) -> None:
+        try:
+            self._write(batch)
+        except IntegrityError:
+            for sub in batch:  # isolate the submission that collided with another process
+                sub.result = sub.error = None
                 try:
-                    batch.append(self.q.get_nowait())
-                except queue.Empty:
-                    break
-            try:
-                self._write(batch)
-            except IntegrityError:
-                for sub in batch:  # isolate the submission that collided with another process
-                    sub.result = sub.error = None
-                    try:
-                        self._write([sub])
-                    except IntegrityError:
-                        sub.result, sub.error = self._after_race(sub)
-                    except Exception as exc:  # noqa: BLE001 - handed to the waiting request
-                        sub.error = exc
-            except Exception as exc:  # noqa: BLE001 - e.g. the database is down: every waiter hears it
-                log.warning("submission batch failed: %s", exc)
-                for sub in batch:
-                    sub.result, sub.error = None, exc
-            finally:
-                for sub in batch:
-                    sub.done.set()
+                    self._write([sub])
+                except IntegrityError:
+                    sub.result, sub.error = self._after_race(sub)
+                except Exception as exc:  # noqa: BLE001 - handed to the waiting request
+                    sub.error = exc
+        except Exception as exc:  # noqa: BLE001 - e.g. the database is down: every waiter hears it
+            log.warning("submission batch failed: %s", exc)
+            for sub in batch:
+                sub.result, sub.error = None, exc
 
     def _after_race(self, sub: Submission):
         with self.db.engine.connect() as conn:

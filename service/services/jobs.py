@@ -61,12 +61,16 @@ def submit(db: Database, settings: Settings, workers: WorkerSnapshot, data, idem
     body it raises Conflict. The job, its stages, its first attempt, its first event and the key commit
     in one transaction (batched with concurrent submissions: services/group_commit.py)."""
     digest = specs.request_hash(data)
-    if idempotency_key:
-        with db.engine.connect() as conn:
-            job_id = _existing(conn, idempotency_key, digest)
-        if job_id:
-            return get(db, job_id), False
-    p = _plan(settings, data)
+    try:
+        p = _plan(settings, data)
+    except specs.SpecError:
+        # a repeat answers with the original job even if the body no longer validates (a path since gone)
+        if idempotency_key:
+            with db.engine.connect() as conn:
+                job_id = _existing(conn, idempotency_key, digest)
+            if job_id:
+                return get(db, job_id), False
+        raise
     r = p.spec.resources
     now = time.time()
     job_id = new_id("j")

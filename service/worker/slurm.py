@@ -148,8 +148,12 @@ class SlurmProcess(Process):
         # SIGTERM to the job's steps: the engine (and torchrun, which passes it on to its ranks) saves a
         # checkpoint and exits. Not --full: srun, signalled in the batch step, would abort the step at once
         # and the ranks would die before they checkpoint.
-        if self.code is None and _slurm("scancel", "--signal=TERM", self.id).returncode != 0:
-            _slurm("scancel", self.id)  # still pending: nothing runs that could be signalled
+        if self.code is not None:
+            return
+        # a pending job has nothing to signal (scancel would retry for half a minute): cancel it
+        if self._queued() in ("PENDING", "") or _slurm("scancel", "--signal=TERM", self.id,
+                                                      timeout=10).returncode != 0:
+            _slurm("scancel", self.id)
 
     def kill(self):
         if self.code is None:
