@@ -212,7 +212,11 @@ class AttemptRunner:
         try:
             config, inputs = self.resolve(st, stages)
         except refs.RefError as exc:
-            return Outcome("failed", "user", f"stage {st.name}: {exc.msg}")
+            reason = f"stage {st.name}: {exc.msg}"
+            with self.write() as s:
+                s.execute(update(Stage).where(Stage.id == st.id).values(status="failed"))
+                lifecycle.system_log(s, job.id, reason, st.id, self.claim.number)
+            return Outcome("failed", "user", reason)
         config_path = run_dir / "stage.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         lock_fd = self._lock_run_dir(run_dir, st)

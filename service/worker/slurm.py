@@ -57,7 +57,7 @@ def exit_code_of(state: str, exit_code: str) -> int:
     code = 128 + int(sig) if sig.isdigit() and int(sig) else int(rc) if rc.isdigit() else 1
     if state == "COMPLETED":
         return code
-    if state == "OUT_OF_MEMORY":
+    if state in ("PREEMPTED", "OUT_OF_MEMORY"):  # what happened matters more than how the step exited
         return ENDED_WITHOUT_CODE[state]
     return code or ENDED_WITHOUT_CODE.get(state, 1)
 
@@ -173,8 +173,10 @@ class SlurmLauncher(Launcher):
 
     def sbatch_args(self, req: LaunchRequest, stdout: Path, stderr: Path) -> list[str]:
         opts = req.options or {}
+        # singleton: a job left running by an earlier attempt (its worker died) keeps the run directory
+        # until it has ended, as the local launcher's inherited lock does
         args = ["sbatch", "--parsable", f"--job-name=tinyforge-{req.job_id}-{req.stage}",
-                f"--nodes={req.nodes}", "--ntasks-per-node=1",
+                "--dependency=singleton", f"--nodes={req.nodes}", "--ntasks-per-node=1",
                 f"--chdir={req.cwd or os.getcwd()}", "--export=ALL", "--open-mode=append",
                 f"--output={self._path(stdout)}", f"--error={self._path(stderr)}"]
         if opts.get("partition"):

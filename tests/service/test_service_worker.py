@@ -280,3 +280,15 @@ def test_several_workers_run_each_job_exactly_once(service):
         assert [e["type"] for e in events].count("started") == 1
         assert j["stages"][0]["summary"]["starts"] == [[1, 0]]
     assert len({j["attempts"][0]["worker_id"] for j in done}) >= 2  # the work was shared
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_reference_to_a_missing_artifact_fails_as_a_user_error(service):
+    service.worker()
+    job = service.submit({"name": "dangling", "stages": [
+        stage("tokenizer", steps=1, artifacts=[{"name": "vocab", "type": "data"}]),
+        stage("train", echo="${stages.tokenizer.artifacts.tokenizer}")]})
+    done = service.wait(job["id"])
+    assert (done["status"], done["failure_class"], len(done["attempts"])) == ("failed", "user", 1)
+    assert "recorded no artifact named or typed 'tokenizer'; it recorded: vocab (data)" in done["failure_reason"]
+    assert [s["status"] for s in done["stages"]] == ["succeeded", "failed"]
