@@ -116,6 +116,9 @@ class AttemptRunner:
             for st in stages:
                 if st.status == "succeeded":
                     continue
+                if self.stop.is_set():  # between stages: hand the rest to another worker
+                    outcome = Outcome("preempted", "preempted", f"worker {self.worker_id} shut down")
+                    break
                 outcome = self.run_stage(job, st, stages)
                 if outcome.status != "succeeded":
                     break
@@ -243,6 +246,8 @@ class AttemptRunner:
                             output_stem=f"logs/attempt-{self.claim.number}")
         now = time.time()
         with self.write() as s:
+            if s.scalar(select(Job.cancel_requested).where(Job.id == job.id)):
+                return Outcome("cancelled", reason="cancelled on request")
             row = s.get(Stage, st.id)
             row.status, row.started_at = "running", row.started_at or now
             row.resolved_config, row.inputs, row.exit_code, row.finished_at = config, inputs, None, None
