@@ -6,20 +6,6 @@ import click
 from engine.commands.common import stage_command
 
 
-def _checkpoint_arg(path: str) -> Path:
-    """A run directory or its checkpoints/ folder means its newest valid checkpoint."""
-    from engine import checkpoint as ckpt
-
-    p = Path(path)
-    for root in (p / "checkpoints", p):
-        if ckpt.list_checkpoints(root):
-            found = ckpt.latest_valid(root)
-            if found is None:
-                raise ckpt.CheckpointError(f"checkpoint: every checkpoint under {root} fails verification")
-            return found
-    return p
-
-
 @click.command("export-hf")
 @click.option("--checkpoint", required=False, help="checkpoint directory, or a run directory (newest checkpoint)")
 @click.option("--tokenizer", default=None, help="SentencePiece model to ship (default: the one the run used)")
@@ -39,7 +25,8 @@ def export_hf(checkpoint, tokenizer, dtype, config_path, out_dir):
     if not checkpoint:
         raise ValueError("checkpoint: required (--checkpoint or the config's checkpoint)")
     record = RunRecord(out_dir)
-    src = _checkpoint_arg(checkpoint)
+    from engine.evaluate import resolve_checkpoint
+    src = resolve_checkpoint(checkpoint)
     record.start("export", {"checkpoint": str(src), "tokenizer": tokenizer, "dtype": dtype})
     model_dir = hf.export(src, Path(out_dir) / "hf", tokenizer, dtype)
     record.result("export", {"hf_dir": str(model_dir)}, [{"name": "hf_model", "path": str(model_dir), "type": "model"}],

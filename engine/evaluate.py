@@ -1,0 +1,62 @@
+"""Held-out evaluation of a checkpoint: loss, perplexity and bits-per-byte on the validation split."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from engine import checkpoint as ckpt
+from engine.backend import resolve
+from engine.config import ModelConfig
+from engine.data import TokenData, prepare
+from engine.model import GPT
+from engine.paths import state_home
+from engine.run_record import RunRecord
+from engine.spec import EvalSpec
+from engine.tokenizers import load_tokenizer
+from engine.train import evaluate
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a run directory / checkpoints folder meaning its newest valid one."""
+    p = Path(path)
+    for root in (p / "checkpoints", p):
+        if ckpt.list_checkpoints(root):
+            found = ckpt.latest_valid(root)
+            if found is None:
+                raise ckpt.CheckpointError(f"checkpoint: every checkpoint under {root} fails verification")
+            return found
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint: {p} does not exist")
+    return p
+
+
+def load_model(path: str | Path, backend=None) -> tuple[GPT, dict]:
+    path = resolve_checkpoint(path)
+    manifest, parts = ckpt.load(path, ("model",))
+    cfg = ModelConfig.from_dict(manifest["model_config"])
+    model = GPT(cfg, backend.ops) if backend else GPT(cfg)
+    model.load_state_dict(parts["model"])
+    return model, manifest
+
+
+def run_eval(spec: EvalSpec, out_dir: str | Path, log=print) -> dict:
+    backend = resolve(spec.backend, "bf16")
+    record = RunRecord(out_dir)
+    path = resolve_checkpoint(spec.checkpoint)
+    model, manifest = load_model(path, backend)
+    model.to(backend.device)
+    tokenizer = load_tokenizer(spec.data.tokenizer)
+    cache = Path(spec.data.cache_dir) if spec.data.cache_dir else state_home() / "datasets"
+    data_dir = prepare(spec.data.sources, tokenizer, cache, spec.data.val_fraction, spec.data.chunk_bytes, log=log)
+    cfg = model.config
+    val = TokenData.open(data_dir, "val", cfg.block_size, vocab_limit=cfg.vocab_size)
+    record.start("eval", spec.model_dump(mode="json"), backend=backend.describe(), checkpoint=str(path))
+    with torch.no_grad():
+        metrics = evaluate(model, val, spec.batches, spec.micro_batch, backend)
+    record.metric(step=manifest["step"], split="val", **metrics)
+    log(f"{path}: val loss {metrics['loss']:.4f} ppl {metrics['ppl']:.2f} bpb {metrics['bpb']:.4f}")
+    inputs = [str(path), *spec.data.sources] + ([spec.data.tokenizer] if spec.data.tokenizer != "byte" else [])
+    return record.result("eval", {"checkpoint": str(path), "val_loss": metrics["loss"], "val_ppl": metrics["ppl"],
+                                  "val_bpb": metrics["bpb"], "params": sum(p.numel() for p in model.parameters())},
+                         [], inputs)
