@@ -23,3 +23,19 @@ def test_eval_of_a_missing_checkpoint_names_the_field(tmp_path):
     cfg.write_text(yaml.safe_dump({"checkpoint": str(tmp_path / "nope")}))
     proc = run_cli("eval", "--config", cfg, "--out", tmp_path / "ev")
     assert proc.returncode == 2 and "checkpoint:" in proc.stderr and "does not exist" in proc.stderr
+
+
+def test_generate_is_seeded_and_greedy_follows_argmax(trained_run):
+    import torch
+
+    from engine.evaluate import load_model
+    from engine.generate import generate_text, sample
+
+    run, _ = trained_run
+    a = generate_text(str(run), "To be", max_new_tokens=20, seed=3)
+    assert a.startswith("To be") and a == generate_text(str(run), "To be", max_new_tokens=20, seed=3)
+    model, _ = load_model(run)
+    idx = torch.tensor([list(b"To be")])
+    out = sample(model, idx, 5, temperature=0)
+    with torch.no_grad():
+        assert out[0, 5].item() == model(idx)[0, -1].argmax().item()
