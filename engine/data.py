@@ -248,8 +248,30 @@ class SubsetSampler:
         return self.base.windows(self.batch_id(step), epoch=0)
 
 
-def load_batch_ids(path: str) -> np.ndarray:
+class WindowSubsetSampler:
+    """Trains on a chosen list of windows (per-sequence multi-round replay): each pass is a fresh
+    seeded permutation of the list cut into global batches (a remainder short of a batch waits for
+    a later pass). A pure function of (seed, step) like the others."""
+
+    def __init__(self, n_windows: int, window_ids, global_batch: int, seed: int):
+        self.ids, self.global_batch, self.seed = np.asarray(window_ids, dtype=np.int64), global_batch, seed
+        if self.ids.size < global_batch:
+            raise DataError(f"data.window_ids: {self.ids.size} windows, fewer than one global batch of {global_batch}")
+        if self.ids.min() < 0 or self.ids.max() >= n_windows:
+            raise DataError(f"data.window_ids: ids must lie in [0, {n_windows}) (windows of the training split)")
+        self.batches_per_pass = self.ids.size // global_batch
+        self._pass, self._perm = -1, None
+
+    def windows(self, step: int) -> np.ndarray:
+        p, b = divmod(step, self.batches_per_pass)
+        if p != self._pass:
+            self._perm = np.random.default_rng([self.seed, 2 << 20, p]).permutation(self.ids)
+            self._pass = p
+        return self._perm[b * self.global_batch: (b + 1) * self.global_batch]
+
+
+def load_batch_ids(path: str, field: str = "data.batch_ids") -> np.ndarray:
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"data.batch_ids: {p} does not exist")
+        raise DataError(f"{field}: {p} does not exist")
     return np.load(p) if p.suffix == ".npy" else np.asarray(json.loads(p.read_text()), dtype=np.int64)
