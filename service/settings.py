@@ -1,6 +1,7 @@
 """Service settings: environment variables are the defaults, command-line flags override them."""
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import sys
@@ -67,7 +68,7 @@ class Settings:
     def url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'tinyforge.db'}"
 
-    @property
+    @functools.cached_property
     def roots(self) -> tuple[Path, ...]:
         roots = self.data_roots or (self.home, SAMPLE_CORPUS)
         return tuple(Path(r).expanduser().resolve() for r in roots)
