@@ -63,7 +63,7 @@ def tar_stream(root: Path):
 
 def lineage(db: Database, run_id: str) -> dict:
     """The runs upstream of a run (through ${stages...} references and result.json inputs, across jobs
-    when an input path is another run's artifact) and the runs of its job downstream of it."""
+    when an input path is another run's artifact) and the runs of its job that used it, directly or not."""
     with db.read() as s:
         start = s.get(Stage, run_id)
         if start is None:
@@ -99,11 +99,15 @@ def lineage(db: Database, run_id: str) -> dict:
                     pid = "path:" + inp["path"]
                     nodes.setdefault(pid, {"id": pid, "type": "path", "path": inp["path"]})
                     edges.add((pid, st.id, role))
-        # downstream within the job: stages whose inputs name a run already in the graph
-        for st in s.scalars(select(Stage).where(Stage.job_id == start.job_id).order_by(Stage.position)):
+        # downstream within the job: stages that used this run, or a run that used it, ...
+        below = {start.id}
+        for st in s.scalars(select(Stage).where(Stage.job_id == start.job_id, Stage.position > start.position)
+                            .order_by(Stage.position)):
             for inp in st.inputs or []:
-                if inp.get("run_id") in nodes and inp["run_id"] != st.id:
-                    run_node(st) if st.id not in nodes else None
+                if inp.get("run_id") in below:
+                    if st.id not in nodes:
+                        run_node(st)
+                    below.add(st.id)
                     edges.add((inp["run_id"], st.id, inp.get("key") or "input"))
     return {"run_id": run_id, "nodes": list(nodes.values()),
             "edges": [{"from": a, "to": b, "role": r} for a, b, r in sorted(edges)]}

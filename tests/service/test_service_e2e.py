@@ -71,3 +71,25 @@ def test_recipe_runs_every_stage_to_succeeded(real_service):
     lineage = real_service.http.get(f"/v1/runs/{eval_run['id']}/lineage").json()
     names = {n.get("stage") for n in lineage["nodes"] if n["type"] == "run"}
     assert {"tokenizer", "parent", "inherit", "round1", "round2"} <= names
+
+
+PIPELINE_COMMANDS = ("train", "inherit", "rounds", "export-hf", "eval")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(bool(missing_commands(*PIPELINE_COMMANDS)),
+                    reason=f"engine commands not written yet: {', '.join(missing_commands(*PIPELINE_COMMANDS))}")
+def test_pipeline_stages_with_the_real_engine(real_service):
+    spec = yaml.safe_load((REPO / "examples" / "pipeline.yaml").read_text())
+    job = real_service.submit(spec)
+    done = real_service.wait(job["id"], timeout=1200)
+    logs = real_service.http.get(f"/v1/jobs/{job['id']}/logs", params={"limit": 10000}).json()["lines"]
+    assert done["status"] == "succeeded", (json.dumps(done, indent=1)[:4000], [x["line"] for x in logs][-60:])
+    by = {s["name"]: s for s in done["stages"]}
+    assert list(by) == ["parent", "inherit", "round1", "round2", "export", "eval"]
+    assert by["round2"]["summary"]["val_loss"] > 0 and by["eval"]["summary"]["val_bpb"] > 0
+    lineage = real_service.http.get(f"/v1/runs/{by['export']['id']}/lineage").json()
+    chain = [("parent", "inherit"), ("inherit", "round1"), ("round1", "round2"), ("round2", "export")]
+    names = {n["id"]: n.get("stage") for n in lineage["nodes"]}
+    edges = {(names[e["from"]], names[e["to"]]) for e in lineage["edges"]}
+    assert set(chain) <= edges and "eval" not in names.values()  # eval is a sibling of export, not below it
