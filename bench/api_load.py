@@ -175,6 +175,28 @@ class Server:
         shutil.rmtree(self.home, ignore_errors=True)
 
 
+def commit_latency_ms(directory: Path, n: int = 50) -> float:
+    """Median time of a one-row SQLite commit (WAL, synchronous=NORMAL) in `directory`: the storage
+    floor under every write the service makes, and a gauge of other I/O on the machine."""
+    import sqlite3
+    path = directory / "probe.db"
+    c = sqlite3.connect(path, isolation_level=None)
+    c.execute("PRAGMA journal_mode=WAL")
+    c.execute("PRAGMA synchronous=NORMAL")
+    c.execute("CREATE TABLE t (x)")
+    times = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        c.execute("BEGIN IMMEDIATE")
+        c.execute("INSERT INTO t VALUES (?)", (i,))
+        c.execute("COMMIT")
+        times.append(time.perf_counter() - t0)
+    c.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    return 1000 * statistics.median(times)
+
+
 def run(db: str, host: str, port: int, token: str, clients: int, seconds: float) -> dict:
     asyncio.run(load(host, port, token, clients, 1.0, "mixed"))  # warm-up: connections, caches, first pages
     health = summarise(asyncio.run(load(host, port, token, clients, seconds / 2, "health")), seconds / 2)
@@ -211,8 +233,11 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     args = ap.parse_args()
     results = []
-    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} before the run "
-          "(other work on the machine lowers every figure)")
+    probe_dir = Path(tempfile.mkdtemp(prefix="tf-bench-probe-"))
+    print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}, SQLite commit "
+          f"{commit_latency_ms(probe_dir):.2f} ms (median, {probe_dir.parent}) before the run; other work on "
+          "the machine lowers every figure")
+    shutil.rmtree(probe_dir, ignore_errors=True)
     if args.url:
         host, port = args.url.split("://")[1].rstrip("/").split(":")
         results.append(run("given server", host, int(port), args.token, args.clients, args.seconds))

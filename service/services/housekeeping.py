@@ -109,6 +109,7 @@ def run_once(db: Database, settings: Settings, webhooks_too: bool = True) -> Non
     for step in (lambda: expire_leases(db), lambda: enforce_queue_limits(db),
                  lambda: refresh_pending_reasons(db, settings.worker_timeout_s),
                  lambda: expire_keys and expire_idempotency_keys(db, settings.idempotency_ttl_s),
+                 db.checkpoint,
                  lambda: webhooks_too and webhooks.deliver_due(db, settings.secret(), settings.webhook_max_attempts)):
         try:
             step()
