@@ -73,6 +73,7 @@ class SlurmProcess(Process):
         self.code: int | None = None
         self.next_query = 0.0
         self.misses = 0  # queries in a row that found the job nowhere
+        self.problem = ""  # the last squeue failure reported
 
     # ------------------------------------------------------------ state
 
@@ -85,18 +86,17 @@ class SlurmProcess(Process):
         if q.returncode != 0:
             if "Invalid job id" in q.stderr:  # purged from the controller already
                 return ""
-            self._say_once(f"squeue failed, will retry: {q.stderr.strip()}")
+            if q.stderr.strip() != self.problem:  # say so once, not every second
+                self.problem = q.stderr.strip()
+                self._note(f"squeue failed, will retry: {self.problem}")
             return None
+        self.problem = ""
         line = q.stdout.strip().splitlines()[0] if q.stdout.strip() else ""
         state, _, reason = line.partition("|")
         if state and (state, reason) != self.seen:
             self.seen = (state, reason)
             self._note(f"slurm job {self.id}: {state}" + (f" ({reason})" if reason not in ("", "None") else ""))
         return state
-
-    def _say_once(self, line: str) -> None:
-        if not self.notes or self.notes[-1][2] != line:
-            self._note(line)
 
     def _final(self) -> tuple[str, str] | None:
         """(State, ExitCode) of an ended job: sacct where accounting is kept, else scontrol."""

@@ -77,7 +77,7 @@ def test_tiny_job_is_watched_to_completion(slurm, tmp_path):
     assert "JobState=COMPLETED" in job_state(slurm, proc.id)
     run = tmp_path / "run" / "logs"  # the script and both output files stay next to the run
     assert {p.name for p in run.iterdir()} == {"stage.sbatch", "stage.stdout", "stage.stderr"}
-    assert f"--job-name=tinyforge-j-test-s" in (run / "stage.sbatch").read_text()
+    assert "--job-name=tinyforge-j-test-s" in (run / "stage.sbatch").read_text()
     assert proc.poll() == 0 and proc.drain() == []  # ended: no more queries, nothing new
 
 

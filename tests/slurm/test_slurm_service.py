@@ -3,7 +3,6 @@ service tests' Service helper and contract-honouring fake engine) against the re
 from __future__ import annotations
 
 import importlib.util
-import time
 from pathlib import Path
 
 import pytest
