@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
     settings.ensure_home()
     if migrate:
         migrations.upgrade(settings.url)
-    db = Database(settings.url)
+    db = Database(settings.url, pre_ping=embedded_worker)  # an embedded worker must survive a restart
     stop = threading.Event()
 
     @contextlib.asynccontextmanager

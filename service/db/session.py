@@ -22,7 +22,7 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, pre_ping: bool = True) -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
@@ -48,13 +48,15 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("sqlite_write")
                                  else "BEGIN")
         return engine
-    return create_engine(url, pool_size=16, max_overflow=32, pool_pre_ping=True, pool_recycle=1800)
+    # pre_ping costs a round trip per checkout; the API skips it (a dead connection answers 503 once and
+    # the pool reconnects), workers keep it (they must ride out a database restart)
+    return create_engine(url, pool_size=16, max_overflow=32, pool_pre_ping=pre_ping, pool_recycle=1800)
 
 
 class Database:
-    def __init__(self, url: str):
+    def __init__(self, url: str, pre_ping: bool = True):
         self.url = normalise_url(url)
-        self.engine = make_engine(self.url)
+        self.engine = make_engine(self.url, pre_ping)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(self.engine.execution_options(sqlite_write=True), expire_on_commit=False)
