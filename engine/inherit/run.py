@@ -21,7 +21,7 @@ from engine.inherit.slicing import child_state, load_child
 from engine.inherit.source import open_parent
 from engine.inherit.spec import InheritSpec
 from engine.inherit.stream import StreamedParent
-from engine.inherit.vocab import load_id_map
+from engine.inherit.vocab import beside, load_id_map
 from engine.paths import state_home
 from engine.run_record import RunRecord
 
@@ -123,7 +123,8 @@ def inherit(spec: InheritSpec, out_dir: str | Path, log=print) -> dict:
     record = RunRecord(out)
     source = open_parent(spec.parent)
     pcfg = source.config
-    vocab = load_id_map(spec.vocab.id_map, pcfg.vocab_size) if spec.vocab.id_map else None
+    id_map = spec.vocab.id_map or (beside(spec.vocab.tokenizer) if spec.vocab.tokenizer else None)
+    vocab = load_id_map(id_map, pcfg.vocab_size) if id_map else None
     explicit_n = len(spec.depth.layers) if spec.depth.method == "explicit" else None
     ccfg = child_config(spec.child, pcfg, len(vocab) if vocab else None, explicit_n)
     backend = resolve(spec.backend, "fp32")
@@ -195,7 +196,7 @@ def inherit(spec: InheritSpec, out_dir: str | Path, log=print) -> dict:
                          "params": count_params(pcfg).total, "tokenizer": source.tokenizer},
               "child": {"config": ccfg.to_dict(), "params": count_params(ccfg).total, "tokenizer": child_tok},
               "depth": {**depth_info, "kept": layers}, "width": width_report,
-              "vocab": {"id_map": spec.vocab.id_map, "kept": len(vocab)} if vocab else None,
+              "vocab": {"id_map": str(id_map), "kept": len(vocab)} if vocab else None,
               "heldout": heldout, "plan": plan.to_dict(), "checkpoint": str(path),
               "seconds": time.perf_counter() - t0}
     paths = report_mod.write(report, out)
@@ -208,5 +209,5 @@ def inherit(spec: InheritSpec, out_dir: str | Path, log=print) -> dict:
                  {"name": "report_md", "path": str(paths["md"]), "type": "report"},
                  {"name": "report_plot", "path": str(paths["png"]), "type": "plot"}]
     inputs = [str(source.path)] + ([str(s) for s in spec.calib.sources] if batches or heldout else [])
-    inputs += [p for p in (spec.vocab.id_map, spec.vocab.tokenizer) if p]
+    inputs += [str(p) for p in (id_map, spec.vocab.tokenizer) if p]
     return record.result("inherit", summary, artifacts, inputs)

@@ -73,7 +73,8 @@ class CalibSpec(Strict):
 
 class VocabSpec(Strict):
     id_map: str | None = Field(None, description="compact tokenizer's id map: JSON list / .npy array of parent ids "
-                                                 "in child-id order, or a JSON object {parent id: child id}")
+                                                 "in child-id order, or a JSON object {parent id: child id}; "
+                                                 "default: MODEL.id_map.json beside vocab.tokenizer")
     tokenizer: str | None = Field(None, description="the child's tokenizer (held-out loss, recorded in the checkpoint)")
 
 

@@ -3,7 +3,9 @@ rows the child keeps).
 
 Accepted: a JSON list or .npy array of parent ids in child-id order; a JSON object {parent id: child
 id} (optionally under "old_to_new"), or {"new_to_old": [...]}; a list/array of parent-vocab length
-holding each parent id's child id, -1 for dropped tokens (recognised by its negative entries)."""
+holding each parent id's child id, -1 for dropped tokens (recognised by its negative entries) -- what
+engine/spm/compact.py writes as MODEL.id_map.json ({"old_to_new": [...]}) and MODEL.id_map.npy, found
+automatically beside the child's tokenizer."""
 from __future__ import annotations
 
 import json
@@ -21,6 +23,17 @@ def _from_old_to_new(pairs: dict[int, int]) -> list[int]:
     for old, new in kept.items():
         out[new] = old
     return out
+
+
+def beside(tokenizer: str | Path) -> Path | None:
+    """The id map the compact-tokenizer stage writes next to its model (MODEL.id_map.json / .npy)."""
+    t = Path(tokenizer)
+    stem = t.with_suffix("") if t.suffix == ".model" else t
+    for suffix in (".id_map.json", ".id_map.npy"):
+        candidate = stem.with_name(stem.name + suffix)
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def load_id_map(path: str | Path, parent_vocab: int) -> list[int]:
