@@ -64,11 +64,21 @@ class InitSpec(Strict):
     hf_dir: str | None = Field(None, description="Hugging Face Llama directory")
 
 
+class DistillSpec(Strict):
+    """Optional: distil from a teacher (an inherited child's parent) while training (engine/inherit/distill.py)."""
+    teacher: str | None = Field(None, description="teacher checkpoint or HF dir; unset = no distillation")
+    alpha: float = Field(0.5, ge=0, le=1, description="loss = (1 - alpha) x LM loss + alpha x T^2 x KL")
+    temperature: PositiveFloat = 1.0
+    id_map: str | None = Field(None, description="compact tokenizer's id map when the student's vocabulary is "
+                                                 "a subset of the teacher's")
+
+
 class TrainSpec(Strict):
     model: ModelSpec = Field(default_factory=ModelSpec)
     data: DataSpec = Field(default_factory=DataSpec)
     optim: OptimSpec = Field(default_factory=OptimSpec)
     init: InitSpec = Field(default_factory=InitSpec)
+    distill: DistillSpec = Field(default_factory=DistillSpec)
     parallel: ParallelSpec = Field(default_factory=ParallelSpec)
     steps: PositiveInt = 200
     batch_size: PositiveInt = Field(16, description="global batch in sequences = micro_batch x accumulation x world")

@@ -154,6 +154,9 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
         from engine.hf import load_hf_weights
         load_hf_weights(model, Path(spec.init.hf_dir))
     model.to(backend.device)
+    if spec.distill.teacher:  # KL to the teacher's logits, mixed into the training loss by hooks
+        from engine.inherit.distill import attach_distillation
+        attach_distillation(model, spec.distill, backend.device, log=say)
     base_lr = spec.optim.lr
     if spec.optim.lr_scaling_base_batch:
         base_lr *= (spec.batch_size / spec.optim.lr_scaling_base_batch) ** 0.5
