@@ -52,13 +52,13 @@ class TokenizerStageSpec(Strict):
         from engine.config import PRESETS
 
         if self.action == "compact" and self.compact_vocab is None:
-            raise ValueError("compact_vocab: required for action 'compact'")
+            raise ValueError("compact_vocab: required when action is compact")
         if self.action == "train":
             for name in ("model", "counts"):
                 if getattr(self, name):
-                    raise ValueError(f"{name}: not used by action 'train' (it trains a new model)")
+                    raise ValueError(f"{name}: not used when action is train (it trains a new model)")
             if self.shards:
-                raise ValueError("shards: not used by action 'train'")
+                raise ValueError("shards: not used when action is train")
         if self.counts and self.shards:
             raise ValueError("shards: give either counts or shards, not both")
         if (self.counts or self.shards) and not self.model:
