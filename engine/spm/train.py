@@ -7,7 +7,6 @@ User-defined special tokens are matched in raw text and always kept whole."""
 from __future__ import annotations
 
 import io
-import logging
 import os
 import re
 import time
@@ -17,7 +16,6 @@ from typing import Literal
 
 from engine.spm.corpus import corpus_files, iter_sentences
 
-log_ = logging.getLogger(__name__)
 
 DEFAULT_COVERAGE = 0.9995
 N_CONTROL = 3  # <unk>, <s>, </s>
