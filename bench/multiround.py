@@ -168,7 +168,8 @@ def main():
           f"({seen * BATCH * 128:,} tokens, {seen} of {sampler.batches_per_epoch} batches of the epoch), "
           f"rate {args.rate}, T 1.0\n")
     print("| run | held-out loss | held-out bpb | loss on round 1's first tenth | loss on round 1's batches "
-          "(every 5th) | round-2 tokens | scoring GFLOP | total GFLOP | drawn: mean score vs pool, ESS, top-k overlap |")
+          "(every 5th) | round-2 tokens | scoring GFLOP | total GFLOP | "
+          "drawn: mean score vs pool, ESS, top-k overlap |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, loss, bpb, e, p, tok, sfl, tfl, sel in rows:
         drawn = "" if not sel or sel.get("mean_score_selected") is None else \

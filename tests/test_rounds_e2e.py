@@ -13,6 +13,7 @@ import yaml
 
 from conftest import SAMPLE, run_cli
 from engine import checkpoint as ckpt
+from engine.data import BatchSampler, TokenData
 from engine.rounds.run import run_rounds
 from engine.rounds.spec import RoundsSpec
 from engine.run_record import read_metrics
@@ -91,7 +92,6 @@ def test_round_two_from_a_checkpoint_draws_sequences_mixes_fresh_data_and_contin
     # 48 of 96 pool sequences: 36 replayed by score, 12 fresh from two batches round 1 never trained on
     assert sel["n_replay"] == 36 and sel["n_fresh_batches"] == 2 and len(drawn) == 36 + 12
     assert len(np.unique(drawn)) == len(drawn)
-    from engine.data import BatchSampler, TokenData
     data = TokenData.open(Path(json.loads((run_dir / "run.json").read_text())["data_dir"]), "train", 64)
     sampler = BatchSampler(len(data), 8, 1337)
     pool_windows = set(np.concatenate([sampler.windows(b, epoch=0) for b in range(12)]).tolist())

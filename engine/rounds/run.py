@@ -237,7 +237,8 @@ class Stage:
     def train_round(self, k: int, rdir: Path, tspec, offset: int, total: int, extra: dict) -> dict:
         done = read_result(rdir)
         if done and done.get("kind") == "round":
-            self.mirror and self.mirror.copy(rdir, k, offset)
+            if self.mirror:
+                self.mirror.copy(rdir, k, offset)
             return done
 
         def log(msg):
@@ -255,7 +256,8 @@ class Stage:
         rows = [r["tokens_per_s"] for r in read_metrics(rdir) if r.get("split") == "train" and "tokens_per_s" in r]
         artifacts = list(result["artifacts"])
         for name, file, typ in (("selected_ids", "selected_ids.npy", "data"), ("pool_ids", "pool_ids.npy", "data"),
-                                ("selection", "selection.json", "report"), ("score_histogram", "score_hist.png", "plot")):
+                                ("selection", "selection.json", "report"),
+                                ("score_histogram", "score_hist.png", "plot")):
             if (rdir / file).exists():
                 artifacts.append({"name": name, "path": file, "type": typ})
         result = {**result, "kind": "round", "artifacts": artifacts,

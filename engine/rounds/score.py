@@ -115,10 +115,7 @@ def score_windows(model: GPT, data: TokenData, windows: np.ndarray, out_dir: str
             path = out / f"chunk_{c:06d}.npy"
             values = _load_chunk(path, hi - lo)
             if values is None:
-                values = np.concatenate([
-                    sequence_losses(model, *(t.to(backend.device) for t in data.batch(windows[s:min(s + micro_batch, hi)])),
-                                    backend).numpy()
-                    for s in range(lo, hi, micro_batch)]).astype(np.float64)
+                values = _score_range(model, data, windows[lo:hi], micro_batch, backend)
                 _save_atomic(path, values)
                 full[-1] += hi - lo
             else:
@@ -141,6 +138,14 @@ def score_windows(model: GPT, data: TokenData, windows: np.ndarray, out_dir: str
     barrier(world)
     scored = int(full[-1].item())
     return ScorePass(losses, scored * data.seq_len, time.perf_counter() - t0, n_chunks, resumed)
+
+
+def _score_range(model: GPT, data: TokenData, windows: np.ndarray, micro_batch: int, backend: Backend) -> np.ndarray:
+    out = []
+    for s in range(0, len(windows), micro_batch):
+        x, y = data.batch(windows[s:s + micro_batch])
+        out.append(sequence_losses(model, x.to(backend.device), y.to(backend.device), backend).numpy())
+    return np.concatenate(out).astype(np.float64)
 
 
 def _load_chunk(path: Path, n: int) -> np.ndarray | None:
