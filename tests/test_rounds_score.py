@@ -1,15 +1,20 @@
 """The scoring pass: per-sequence losses equal the model's loss, a pass stopped halfway (a real
 SIGTERM) resumes from its saved chunks to identical scores and the identical drawn set, stale or
-corrupt chunks are recomputed, and reducible loss subtracts the reference's."""
+corrupt chunks are recomputed, reducible loss subtracts the reference's, and two torchrun ranks
+gather the same scores as one process."""
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from conftest import SAMPLE
 from engine.backend import resolve
@@ -122,3 +127,21 @@ def test_bad_rounds_configs_name_the_field(checkpoint, tmp_path):
     with pytest.raises(ValueError, match="batch_size: round 1 .* used batch_size=8"):
         Stage(rounds_spec(checkpoint, batch_size=16), tmp_path, quiet).parent_pool(checkpoint)
     assert len(Stage(rounds_spec(checkpoint, pool="all"), tmp_path, quiet).parent_pool(checkpoint).batch_ids) > 1000
+
+
+@pytest.mark.slow
+def test_two_ranks_score_their_chunks_and_gather_the_same_scores(checkpoint, tmp_path):
+    """torchrun, 2 gloo processes: chunk c is scored by rank c % 2, one all-reduce gives both ranks
+    every score; the result equals a 1-process pass bit for bit (same windows, same micro-batches)."""
+    cfg = tmp_path / "score.yaml"
+    cfg.write_text(yaml.safe_dump(rounds_spec(checkpoint).model_dump(mode="json", exclude_defaults=True)))
+    proc = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--nproc_per_node", "2", "--standalone",
+                           "-m", "engine.commands.rounds", "score", "--config", str(cfg), "--out", str(tmp_path / "two")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "run.json").read_text())["world_size"] == 2
+    assert json.loads((tmp_path / "two" / "result.json").read_text())["summary"]["tokens"] == 96 * 64
+    score_checkpoint(rounds_spec(checkpoint), tmp_path / "one", log=quiet)
+    assert np.array_equal(np.load(tmp_path / "two" / "item_scores.npy"), np.load(tmp_path / "one" / "item_scores.npy"))
+    chunks = sorted(p.name for p in (tmp_path / "two" / "scores" / "model").glob("chunk_*.npy"))
+    assert len(chunks) == 6  # written by both ranks (0, 2, 4 and 1, 3, 5)
