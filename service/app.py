@@ -10,6 +10,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from service import dashboard
 from service.api import errors, health, jobs, runs
 from service.api.middleware import BodyLimit, Timing
 from service.auth import TokenCache
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
     errors.install(app)
     for r in (health.router, jobs.router, runs.router):
         app.include_router(r)
+    dashboard.mount(app)  # the web UI at /ui/, over the same public API
     app.add_middleware(Timing, stats=app.state.stats)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
