@@ -264,7 +264,8 @@ def stage_schema(registry: str, kind: str):
 
 # config keys whose string values are file system paths (checked against the data roots)
 PATH_KEYS = {"sources", "source", "tokenizer", "checkpoint", "hf_dir", "parent", "corpus", "calib", "cache_dir",
-             "path", "paths", "id_map", "data_dir", "reference", "large_tokenizer"}
+             "path", "paths", "id_map", "data_dir", "reference", "large_tokenizer", "model", "counts", "shards",
+             "config"}
 PATH_SUFFIXES = ("_dir", "_path", "_file", "_checkpoint")
 NOT_PATHS = {"byte"}  # tokenizer: byte is the built-in byte-level tokenizer
 OUTPUT_KEYS = {"cache_dir"}  # may not exist yet

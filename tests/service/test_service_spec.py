@@ -23,7 +23,8 @@ def fields(exc: SpecError) -> dict[str, str]:
 
 
 def test_recipe_expands_to_the_pipeline_wired_by_references():
-    p = run_plan({"name": "r", "recipe": {"parent": {"train": {"steps": 5}}, "round1": {"steps": 7}}})
+    p = run_plan({"name": "r", "recipe": {"tokenizer": {"compact_vocab": 512}, "parent": {"train": {"steps": 5}},
+                                          "round1": {"steps": 7}}})
     assert [(s.name, s.kind) for s in p.stages] == [
         ("tokenizer", "tokenizer"), ("parent", "train"), ("inherit", "inherit"), ("round1", "train"),
         ("round2", "rounds"), ("export", "export"), ("eval", "eval")]
@@ -44,7 +45,8 @@ def test_recipe_expands_to_the_pipeline_wired_by_references():
 def test_recipe_with_existing_parent_has_no_parent_stage(tmp_path):
     parent = tmp_path / "parent"
     parent.mkdir()
-    p = run_plan({"name": "r", "recipe": {"parent": {"hf_dir": str(parent)}}}, roots=(SAMPLE, tmp_path))
+    p = run_plan({"name": "r", "recipe": {"tokenizer": {"compact_vocab": 512}, "parent": {"hf_dir": str(parent)}}},
+                 roots=(SAMPLE, tmp_path))
     assert "parent" not in [s.name for s in p.stages]
     assert next(s for s in p.stages if s.name == "inherit").config["parent"] == str(parent.resolve())
 
@@ -63,8 +65,9 @@ def test_engine_schema_errors_carry_the_field_path():
 
 def test_recipe_errors_point_into_the_recipe():
     with pytest.raises(SpecError) as e:
-        run_plan({"name": "x", "recipe": {"parent": {"train": {}}, "round1": {"steps": 0}}})
-    assert "body.recipe.round1.steps" in fields(e.value)
+        run_plan({"name": "x", "recipe": {"tokenizer": {"compact_vocab": 0}, "parent": {"train": {}},
+                                          "round1": {"steps": 0}}})
+    assert "body.recipe.round1.steps" in fields(e.value) and "body.recipe.tokenizer.compact_vocab" in fields(e.value)
 
 
 @pytest.mark.parametrize("path", ["/etc", "../../etc/passwd", "data/sample/../../../etc"])
