@@ -18,6 +18,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import resource
 import time
 from collections import Counter
 from pathlib import Path
@@ -74,6 +75,13 @@ def reference(files: list[str], fn, workers: int) -> dict:
     return total
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children: with busy cores, wall-time speedup reads
+    low, while equal CPU-seconds at 1 and N processes show that parallelism adds no work."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def best_of(fn, repeat: int):
     best, out = float("inf"), None
     for _ in range(repeat):
@@ -105,7 +113,7 @@ def main():
     vocab = sp.get_piece_size()
     dtype = "<u2" if vocab <= 1 << 16 else "<u4"
     print(f"corpus: {', '.join(args.corpus)} ({len(files)} files, {size / 2**20:.1f} MiB); model: {Path(model).name} "
-          f"({vocab:,} pieces); {cores} cores")
+          f"({vocab:,} pieces); {cores} cores, load average {os.getloadavg()[0]:.1f} at start")
 
     tok_dir = work / "tokenised"
     tok_dir.mkdir(exist_ok=True)
@@ -137,10 +145,14 @@ def main():
     print(f"\nencode (count_text over the corpus, chunks of 4096 bytes, best of {args.repeat})")
     base = None
     for w in sorted({1, cores}):
+        cpu0 = cpu_seconds()
         t, c = best_of(lambda: count_text(model, args.corpus, workers=w), args.repeat)
+        cpu = (cpu_seconds() - cpu0) / args.repeat
         base = base or t
         print(f"  {w} process{'es' if w > 1 else '  '}: {c.n_bytes / t / 2**20:6.2f} MiB/s  {c.tokens / t / 1e6:6.2f} "
-              f"M tokens/s  ({t:.2f}s)  speedup {base / t:.2f}x  efficiency {base / t / w:.0%}")
+              f"M tokens/s  ({t:.2f}s wall, {cpu:.2f} CPU-s per run)  speedup {base / t:.2f}x  "
+              f"efficiency {base / t / w:.0%}")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (other processes share these cores: scaling reads low)")
 
 
 if __name__ == "__main__":
