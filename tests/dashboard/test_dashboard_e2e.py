@@ -175,7 +175,18 @@ def test_cancel_a_running_job_after_confirming(dash, open_page):
     done = dash.job(job["id"])
     assert done["status"] == "cancelled" and done["cancel_requested"]
     expect(page.locator("#cancel-job")).to_have_count(0)
+    # retry asks too, then a new attempt resumes the run from its checkpoint
+    page.click("#retry-job")
+    page.locator("dialog.confirm button[value='ok']").click()
+    expect(page.locator("#job-attempts tr[data-attempt='2']")).to_be_visible()
+    again = dash.wait(job["id"], lambda j: j["status"] == "running" and (j["step"] or 0) > done["stages"][0]["step"],
+                      timeout=300)
+    assert len(again["attempts"]) == 2
+    expect(page.locator("#log-state")).to_have_text("live")  # the log follows the new attempt
+    assert dash.http.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
+    expect(page.locator("#main")).to_have_attribute("data-status", "cancelled", timeout=90_000)
     expect(page.locator("#retry-job")).to_be_visible()
+    done = dash.job(job["id"])
     dash.jobs["cancelled"] = done
     assert not watch.errors and not watch.dialogs
 
@@ -266,6 +277,8 @@ def test_read_only_token_sees_no_cancel_retry_or_submit(dash, open_page):
     page.goto("/ui/#/submit")
     expect(page.locator("#needs-submit")).to_be_visible()
     expect(page.locator("#submit-btn")).to_have_count(0)
+    page.goto("/ui/#/jobs/j-no-such-job")
+    expect(page.locator("#not-found")).to_contain_text("not found")
     # the same pages with a submit token do have them
     page2, _ = open_page(dash.url, dash.submit_token, f"#/jobs/{waiting['id']}")
     expect(page2.locator("#cancel-job")).to_be_visible()

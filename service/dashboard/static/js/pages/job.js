@@ -138,7 +138,14 @@ export function jobPage(root, jobId) {
   }
 
   async function loadJob() {
-    job = await api(`/v1/jobs/${encodeURIComponent(jobId)}`);
+    try {
+      job = await api(`/v1/jobs/${encodeURIComponent(jobId)}`);
+    } catch (e) {
+      if (e.status !== 404) throw e;
+      jobPoll.stop(); metricsPoll.stop(); logs.destroy();
+      root.replaceChildren(h('a', { href: '#/jobs', class: 'back' }, '← Jobs'), h('div', { class: 'notice error', id: 'not-found' }, e.message));
+      return;
+    }
     document.title = `${job.name} · tinyforge`;
     renderJob();
     const evs = await api(`/v1/jobs/${encodeURIComponent(jobId)}/events`, { query: { after: lastEvent } });
