@@ -88,6 +88,19 @@ def test_submit_form_shows_the_servers_error_next_to_the_field(dash, open_page):
     page.click("#plan-btn")
     expect(page.locator("#plan-verdict")).to_contain_text("Valid")
     expect(page.locator("#err-steps")).to_be_empty()
+    # the recipe template plans into the whole PanGu-pi Pro pipeline, wired by references
+    page.select_option("#f-template", "recipe")
+    page.fill("#f-r_round2_steps", "-5")
+    page.click("#plan-btn")
+    expect(page.locator("#err-r_round2_steps")).not_to_be_empty()
+    page.fill("#f-r_round2_steps", "150")
+    page.click("#plan-btn")
+    expect(page.locator("#plan tbody tr td:first-child")).to_have_text(
+        ["tokenizer", "parent", "inherit", "round1", "round2", "export", "eval"])
+    expect(page.locator("#plan")).to_contain_text("${stages.round1.artifacts.checkpoint}")
+    page.locator("#plan").scroll_into_view_if_needed()
+    shot(page, "submit-recipe-plan", docs=True)
+    assert len(dash.http.get("/v1/jobs").json()["items"]) == before
     assert not watch.errors and not watch.dialogs
 
 
