@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import SAMPLE, run_cli
+from tests.conftest import SAMPLE, run_cli
 from engine import checkpoint as ckpt
 from engine.data import BatchSampler, TokenData
 from engine.rounds.run import run_rounds

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import SAMPLE
+from tests.conftest import SAMPLE
 from engine.backend import resolve
 from engine.data import BatchSampler, TokenData
 from engine.rounds.run import Stage, sample_scores, score_checkpoint
