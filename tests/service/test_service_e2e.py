@@ -58,6 +58,13 @@ RECIPE_COMMANDS = ("tokenizer", "train", "inherit", "rounds", "export-hf", "eval
                     reason=f"engine commands not written yet: {', '.join(missing_commands(*RECIPE_COMMANDS))}")
 def test_recipe_runs_every_stage_to_succeeded(real_service):
     spec = yaml.safe_load((REPO / "examples" / "recipe.yaml").read_text())
+    small = {"steps": 20, "micro_batch": 4, "seq_len": 64, "eval_every": 10, "eval_batches": 2, "checkpoint_every": 10,
+             "log_every": 5}  # the example's stages, shortened: this test is about the service, not the model
+    spec["recipe"]["parent"]["train"].update(small, model={"preset": "micro"})
+    spec["recipe"]["inherit"].update(child={"n_layer": 1}, calib={"batches": 2, "seq_len": 64}, eval_batches=2)
+    spec["recipe"]["round1"].update(small, model={"preset": "micro", "overrides": {"n_layer": 1}})
+    spec["recipe"]["round2"].update(small, model={"preset": "micro", "overrides": {"n_layer": 1}}, steps=5)
+    spec["recipe"]["eval"].update(batches=2)
     plan = real_service.http.post("/v1/jobs:plan", json=spec)
     assert plan.status_code == 200, plan.text
     job = real_service.submit(spec, key="e2e-recipe")
@@ -67,6 +74,13 @@ def test_recipe_runs_every_stage_to_succeeded(real_service):
     assert [s["name"] for s in done["stages"]] == ["tokenizer", "parent", "inherit", "round1", "round2", "export",
                                                    "eval"]
     assert all(s["status"] == "succeeded" for s in done["stages"])
+    by = {s["name"]: s for s in done["stages"]}
+    arts = {(a["stage"], a["name"]): a["path"] for a in real_service.http.get(f"/v1/jobs/{job['id']}/artifacts").json()}
+    compact, id_map = arts[("tokenizer", "tokenizer")], arts[("tokenizer", "id_map")]
+    assert by["round1"]["resolved_config"]["data"]["tokenizer"] == compact  # the compact tokenizer was used
+    assert by["inherit"]["resolved_config"]["vocab"]["id_map"] == id_map
+    assert by["parent"]["resolved_config"]["data"]["tokenizer"] == arts[("tokenizer", "large_tokenizer")]
+    assert by["round2"]["resolved_config"]["init"]["checkpoint"] == arts[("round1", "checkpoint")]
     eval_run = done["stages"][-1]
     lineage = real_service.http.get(f"/v1/runs/{eval_run['id']}/lineage").json()
     names = {n.get("stage") for n in lineage["nodes"] if n["type"] == "run"}
