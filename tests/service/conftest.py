@@ -15,6 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+# test modules import these helpers as `service_test_fixtures`: a bare `conftest` would resolve to whichever
+# of the repository's conftest.py files was imported last
+if __name__ in sys.modules:
+    sys.modules.setdefault("service_test_fixtures", sys.modules[__name__])
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 PY = sys.executable

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from conftest import stage
+from service_test_fixtures import stage
 
 SPEC = {"name": "api-job", "labels": {"team": "nlp"}, "stages": [stage("train", steps=3)]}
 

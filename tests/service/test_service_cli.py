@@ -10,7 +10,7 @@ import httpx
 import pytest
 import yaml
 
-from conftest import REPO, Service, stage
+from service_test_fixtures import REPO, Service, stage
 
 
 @pytest.fixture(scope="module")

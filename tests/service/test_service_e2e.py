@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, Service
+from service_test_fixtures import REPO, Service
 from tinyforge.cli import COMMANDS
 
 REAL_ENGINE = {"TINYFORGE_STAGE_SPECS": "engine.spec:STAGE_SPECS",

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Service, stage
+from service_test_fixtures import Service, stage
 
 
 def running_at(step: int):
