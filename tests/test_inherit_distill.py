@@ -14,7 +14,6 @@ from engine.inherit.spec import InheritSpec
 from engine.model import GPT
 from engine.run_record import read_metrics
 from engine.train import train
-from tests.conftest import SAMPLE
 
 
 def first_batch(spec, run_dir):

@@ -7,7 +7,7 @@ import torch
 
 from engine import checkpoint as ckpt
 from engine.config import ModelConfig, replace
-from engine.inherit import depth, width
+from engine.inherit import depth
 from engine.inherit.learnable import HardConcrete, attach, fold_values, train_gates
 from engine.inherit.plan import Plan, make_plan, select_heads
 from engine.inherit.run import inherit, materialise, mean_loss, token_windows
@@ -152,7 +152,7 @@ def test_learnable_masks_fold_into_the_weights_exactly(gqa_parent, batches, prun
                            LearnableSpec(steps=20), "cpu", log=lambda *a: None)
     child_cfg = replace(cfg, n_head=2, ffn_hidden=24) if prune else cfg
     fold, z = fold_values(gates, layers, child_cfg, cfg)
-    la = {k: g.log_alpha.detach() for k, g in gates.structures.items()}
+    la = {k: v.detach() for k, v in gates.scores().items()}
     plan = make_plan(layers, la["heads"], la["neurons"], la["channels"], cfg, child_cfg, None)
     values = {k: v.float().clone() for k, v in z.items()}
     for j in range(len(layers)):

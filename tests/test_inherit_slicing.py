@@ -114,11 +114,14 @@ def child_shape(kind):
             else dict(n_layer=2, n_embd=24, n_head=2, n_kv_head=2, ffn_hidden=40))
 
 
-@pytest.mark.parametrize("width", ["random", "l2"])
+@pytest.mark.parametrize("width", ["random", "l2", "learnable_nofold"])
 def test_every_child_tensor_is_the_parent_at_the_selected_indices(hf_parent, tmp_path, width):
     kind, d, sd = hf_parent
     pcfg = read_hf_config(d)
-    r = run(d, tmp_path, child=child_shape(kind), depth={"method": "uniform"}, width=width)
+    extra = {} if width != "learnable_nofold" else dict(  # gates rank only: weights are the parent's, unscaled
+        width="learnable", learnable={"steps": 4, "fold": False},
+        calib={"sources": ["data/sample/en"], "batches": 1, "micro_batch": 2, "seq_len": 32})
+    r = run(d, tmp_path, **{"child": child_shape(kind), "depth": {"method": "uniform"}, "width": width, **extra})
     plan = r["plan"]
     manifest, state = child_tensors(r)
     ccfg = manifest["model_config"]

@@ -41,12 +41,31 @@ class HardConcrete(nn.Module):
 
 
 class Gates(nn.Module):
-    def __init__(self, cfg: ModelConfig, init_keep: float, temperature: float):
+    """Gates over the structures that shrink; the others (target 0) are not gated at all, so nothing
+    is folded into them."""
+    SHAPES = {"heads": lambda c: (c.n_layer, c.n_head), "neurons": lambda c: (c.n_layer, c.ffn_hidden),
+              "channels": lambda c: (c.n_embd,)}
+
+    def __init__(self, cfg: ModelConfig, active, init_keep: float, temperature: float):
         super().__init__()
-        self.heads = HardConcrete((cfg.n_layer, cfg.n_head), init_keep, temperature)
-        self.neurons = HardConcrete((cfg.n_layer, cfg.ffn_hidden), init_keep, temperature)
-        self.channels = HardConcrete((cfg.n_embd,), init_keep, temperature)
-        self.structures = {"heads": self.heads, "neurons": self.neurons, "channels": self.channels}
+        self.shapes = {k: f(cfg) for k, f in self.SHAPES.items()}
+        self.register_buffer("_device_probe", torch.zeros(()), persistent=False)
+        self.structures = nn.ModuleDict({k: HardConcrete(self.shapes[k], init_keep, temperature) for k in active})
+
+    def _all(self, fn, fill: float) -> dict[str, torch.Tensor]:
+        dev = self._device_probe.device
+        return {k: fn(self.structures[k]) if k in self.structures else torch.full(shape, fill, device=dev)
+                for k, shape in self.shapes.items()}
+
+    def sample(self):
+        return self._all(HardConcrete.sample, 1.0)
+
+    def deterministic(self):
+        return self._all(HardConcrete.deterministic, 1.0)
+
+    def scores(self):
+        """log-alpha per entry (0 for ungated structures, which the child keeps whole)."""
+        return self._all(lambda g: g.log_alpha, 0.0)
 
 
 def attach(model, values: dict) -> list:
@@ -72,7 +91,10 @@ def train_gates(model, batches, targets: dict[str, float], spec, device, log=pri
     heads / neurons / channels removed). Returns the gates and a training summary."""
     cfg = model.config
     model.requires_grad_(False).train()
-    gates = Gates(cfg, spec.init_keep, spec.temperature).to(device)
+    targets = {k: t for k, t in targets.items() if t > 0}
+    gates = Gates(cfg, targets, spec.init_keep, spec.temperature).to(device)
+    if not targets:  # nothing shrinks: no gates to train
+        return gates, {"targets": {}, "history": [], "final": {}}
     lambdas = nn.Parameter(torch.zeros(len(targets), 2, device=device))
     opt = torch.optim.Adam(gates.parameters(), lr=spec.lr)
     lag_opt = torch.optim.Adam([lambdas], lr=spec.lagrangian_lr, maximize=True)
@@ -83,7 +105,7 @@ def train_gates(model, batches, targets: dict[str, float], spec, device, log=pri
     try:
         for step in range(spec.steps):
             x, y = batches[step % len(batches)]
-            values.update({k: g.sample() for k, g in gates.structures.items()})
+            values.update(gates.sample())
             lm = model(x.to(device), y.to(device))
             lag = torch.zeros((), device=device)
             sparsity = {}
@@ -117,7 +139,7 @@ def fold_values(gates: Gates, layers: list[int], child: ModelConfig, parent: Mod
     columns; channel gates scale the rows of o_proj / down_proj and the embedding's columns; with a
     tied parent and child the output head would see the scaled embedding too, so the final norm is divided back."""
     with torch.no_grad():
-        z = {k: g.deterministic().detach().cpu().double() for k, g in gates.structures.items()}
+        z = {k: v.detach().cpu().double() for k, v in gates.deterministic().items()}
     local = {i: j for j, i in enumerate(layers)}
     D, zc = parent.head_dim, z["channels"]
 

@@ -92,8 +92,8 @@ def score_width(spec: InheritSpec, source, child, layers, batches, gate_batches,
     targets = {"heads": 1 - child.n_head / pcfg.n_head, "neurons": 1 - child.ffn_hidden / pcfg.ffn_hidden,
                "channels": 1 - child.n_embd / pcfg.n_embd}
     gates, summary = train_gates(model, gate_batches, targets, spec.learnable, device, log=log, progress=progress)
-    scores = width_mod.WidthScores(*(gates.structures[k].log_alpha.detach().cpu().double()
-                                     for k in ("heads", "neurons", "channels")))
+    la = gates.scores()
+    scores = width_mod.WidthScores(*(la[k].detach().cpu().double() for k in ("heads", "neurons", "channels")))
     return scores, {"learnable": summary, "gates": gates}
 
 
@@ -162,6 +162,7 @@ def inherit(spec: InheritSpec, out_dir: str | Path, log=print) -> dict:
     if "gates" in extra:
         from engine.inherit.learnable import fold_values
         fold, z = fold_values(extra.pop("gates"), layers, ccfg, pcfg)
+        fold = fold if spec.learnable.fold else None
 
     phase("slice")
     state = child_state(source, plan, pcfg, ccfg, fold, progress=lambda d, t: phase("slice", d, t))

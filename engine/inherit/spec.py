@@ -52,12 +52,14 @@ class DepthSpec(Strict):
 class LearnableSpec(Strict):
     """Hard-concrete gates (Louizos et al. 2018, as in Sheared-LLaMA) trained against the LM loss
     with a Lagrangian pulling each structure's expected sparsity to its target."""
-    steps: PositiveInt = 200
+    steps: PositiveInt = 300
     ramp_frac: float = Field(0.5, ge=0, le=1, description="target sparsity ramps linearly over this share of steps")
     lr: PositiveFloat = Field(0.1, description="learning rate of the gates' log-alpha")
     lagrangian_lr: PositiveFloat = Field(0.1, description="learning rate of the Lagrange multipliers (ascent)")
     temperature: PositiveFloat = 2 / 3
     init_keep: float = Field(0.9, gt=0, lt=1, description="initial keep probability of every gate")
+    fold: bool = Field(True, description="fold the kept gates' soft values into the weights (Sheared-LLaMA); false: "
+                                         "the gates only rank, the child keeps the parent's weights unscaled")
 
 
 class CalibSpec(Strict):
