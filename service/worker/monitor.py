@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from service.db.models import Artifact, Job, LogLine, MetricPoint, Stage, new_id
 from service.services import lifecycle
 
+METRICS_BLOCK = 8 << 20  # bytes of metrics.jsonl one flush (one transaction) reads
 log = logging.getLogger("tinyforge.worker")
 MAX_LINE = 16_384
 EXIT_CLASS = {2: "user", 3: "infra", 143: "preempted"}  # anything else: infra
@@ -83,7 +84,7 @@ class StageMonitor:
             return [], size
         with open(path, "rb") as f:
             f.seek(self.offset)
-            data = f.read(8 << 20)
+            data = f.read(METRICS_BLOCK)
         end = data.rfind(b"\n") + 1  # complete lines only
         points = []
         for raw in data[:end].splitlines():
@@ -101,6 +102,13 @@ class StageMonitor:
                     points.append({"job_id": self.job.id, "stage_id": self.st.id, "split": split, "key": key[:64],
                                    "step": step, "value": float(value), "time": t})
         return points, self.offset + end
+
+    def _metrics_backlog(self) -> int:
+        """Bytes of metrics.jsonl not yet stored."""
+        try:
+            return (self.run_dir / "metrics.jsonl").stat().st_size - self.offset
+        except FileNotFoundError:
+            return 0
 
     def _read_progress(self) -> dict | None:
         path = self.run_dir / "progress.json"
@@ -270,6 +278,11 @@ class StageMonitor:
                 lifecycle.add_event(s, self.job.id, "stage_ended", f"stage {self.st.name} exited {code}",
                                     self.r.claim.number, {"stage": self.st.name, "exit_code": code}, now)
 
+        while self._metrics_backlog() > METRICS_BLOCK:  # a flush reads one block: store the backlog first
+            before = self.offset
+            self.flush()
+            if self.offset == before:  # a single line longer than a block: nothing more to take
+                break
         self.flush(extra=record)
         if self.stop_reason == "cancelled":
             return Outcome("cancelled", reason="cancelled on request", exit_code=code)

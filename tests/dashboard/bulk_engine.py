@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     steps, t0 = int(cfg.get("steps", 100_000)), time.time()
     (out / "run.json").write_text(json.dumps({"kind": kind, "config": cfg, "world_size": 1, "started_at": t0}))
-    chunk = max(1, steps // 20)
+    chunk = max(1, steps // int(os.environ.get("BULK_ENGINE_CHUNKS", 20)))
     with open(out / "metrics.jsonl", "w") as f:
         for start in range(1, steps + 1, chunk):
             rows = []
