@@ -108,7 +108,7 @@ def test_submit_from_the_form_and_watch_it_succeed_with_live_charts(dash, open_p
     page, watch = open_page(dash.url, dash.submit_token, "#/submit")
     page.fill("#f-name", "form-micro")
     page.fill("#f-labels", "suite=dashboard, via=form")
-    page.fill("#f-steps", "120")  # long enough for several chart updates on an idle machine
+    page.fill("#f-steps", "800")  # ~20 s on an idle machine: several chart updates while it runs
     page.fill("#f-seq_len", "64")
     page.fill("#f-eval_every", "10")
     page.check("#f-export")
