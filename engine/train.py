@@ -123,11 +123,9 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
         raise ValueError(f"seq_len: {seq_len} exceeds the model's block_size {cfg.block_size}")
     train_data = TokenData.open(data_dir, "train", seq_len, vocab_limit=cfg.vocab_size)
     val_data = TokenData.open(data_dir, "val", seq_len)
-    per_rank = spec.batch_size // world.size
     if spec.batch_size % (spec.micro_batch * world.size):
         raise ValueError(f"batch_size: {spec.batch_size} is not divisible by micro_batch x world size "
                          f"({spec.micro_batch} x {world.size})")
-    accum = per_rank // spec.micro_batch
     sampler = BatchSampler(len(train_data), spec.batch_size, spec.seed)
     if spec.data.batch_ids:
         sampler = SubsetSampler(sampler, load_batch_ids(spec.data.batch_ids), spec.seed)
@@ -216,12 +214,12 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
                 par.set_lr(lr)
                 windows = rank_slice(sampler.windows(step), world.rank, world.size)
                 loss_sum = 0.0
-                for m in range(accum):
+                for m in range(par.accum):
                     x, y = train_data.batch(windows[m * spec.micro_batch:(m + 1) * spec.micro_batch])
                     loss_sum += par.forward_backward(x.to(backend.device), y.to(backend.device), m, backend.autocast())
                 grad_norm = par.step()
                 done = step + 1
-                loss_val = distributed.mean_across(loss_sum / accum, world, backend.device)
+                loss_val = distributed.mean_across(loss_sum / par.accum, world, backend.device)
                 if not math.isfinite(loss_val):
                     raise FloatingPointError(f"loss became {loss_val} at step {done}")
                 if done % spec.log_every == 0 or done == spec.steps:
