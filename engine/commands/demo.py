@@ -1,4 +1,4 @@
-"""`tinyforge demo`: the README's main job on the embedded default (CPU, bundled sample corpus)."""
+"""The engine-only quick demo (`tinyforge demo --engine-only`): train `tiny` on the bundled corpus, no service."""
 import time
 
 import click
@@ -24,3 +24,7 @@ def demo(steps, out_dir):
     click.echo(f"\nheld-out loss {s['val_loss']:.4f} nats/token, {s['val_bpb']:.4f} bits/byte "
                f"after {s['steps']} steps ({s['tokens']:,} tokens, {s['params'] / 1e6:.2f}M params)")
     click.echo(f"checkpoint: {s['checkpoint']}\nloss curve: {out_dir}/loss.png")
+
+
+if __name__ == "__main__":  # `tinyforge demo --engine-only` runs this as a command
+    demo()

@@ -1,0 +1,317 @@
+"""`tinyforge demo`: the README's main job, run the way a team would run it.
+
+It starts `tinyforge serve` (SQLite, one embedded worker) on a free loopback port with its state in
+TINYFORGE_HOME (default ./.tinyforge), submits examples/demo-recipe.yaml through `POST /v1/jobs`,
+follows the job through the API, prints a table of the stages and stops the server. The state stays:
+`tinyforge serve --home .tinyforge` shows the same job in the dashboard. The demo is a client of the
+service; it imports nothing of the engine (`--engine-only` runs the engine's quick demo as a command)."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import yaml
+
+from service.client import Client
+from service.recipe import deep_merge
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_SPEC = REPO / "examples" / "demo-recipe.yaml"
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+# --quick: the same seven stages at test size (about a minute of work on 2 cores)
+_SHORT = {"steps": 20, "micro_batch": 4, "batch_size": 8, "seq_len": 64, "eval_every": 10, "eval_batches": 2,
+          "checkpoint_every": 10, "log_every": 5}
+QUICK = {"name": "demo-recipe-quick", "recipe": {
+    "tokenizer": {"compact_vocab": 384},
+    "parent": {"train": {**_SHORT, "model": {"preset": "micro"}}},
+    "inherit": {"child": {"preset": "micro", "n_layer": 1}, "calib": {"batches": 2, "seq_len": 64},
+                "eval_batches": 2},
+    "round1": {**_SHORT, "model": {"preset": "micro"}},
+    "round2": {**_SHORT, "steps": 8},
+    "eval": {"batches": 2}}}
+
+
+def _rel(path) -> str:
+    """A path as the user would type it: relative under the working directory, else absolute."""
+    p = Path(path).resolve()
+    return str(p.relative_to(Path.cwd())) if p.is_relative_to(Path.cwd()) else str(p)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EmbeddedService:
+    """`tinyforge serve` in a subprocess; its output goes to HOME/demo-serve.log, not the terminal."""
+
+    def __init__(self, home: Path, port: int):
+        self.home, self.port = home, port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = home / "demo-serve.log"
+        env = {**os.environ, "TINYFORGE_HOME": str(home)}
+        env.pop("TINYFORGE_TOKEN", None)  # the demo uses this home's admin token
+        self._log = open(self.log_path, "ab")
+        # cwd: relative paths in the spec (data/sample) resolve against the repository
+        self.proc = subprocess.Popen([sys.executable, "-m", "tinyforge.cli", "serve", "--home", str(home),
+                                      "--port", str(port), "--log-level", "warning"],
+                                     cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        import httpx
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise click.ClickException(f"tinyforge serve exited {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise click.ClickException(f"tinyforge serve not ready after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 20) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+    def stop(self) -> None:
+        """SIGTERM: a stage still running is preempted and requeued (the next `serve` resumes it)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+# ------------------------------------------------------------------ following the job
+
+def _clock(seconds) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def _duration(stage: dict) -> float | None:
+    if not stage.get("started_at"):
+        return None
+    return (stage.get("finished_at") or time.time()) - stage["started_at"]
+
+
+def _last_loss(client: Client, job_id: str, stage: str) -> float | None:
+    series = client.http.get(f"/v1/jobs/{job_id}/metrics",
+                             params={"keys": "loss", "stage": stage, "max_points": 20000}).json().get("series", [])
+    best = None  # the newest point of the train split, else of any split
+    for s in series:
+        if s["points"] and (best is None or s["split"] == "train"):
+            best = s["points"][-1][1]
+    return best
+
+
+def _progress_line(job: dict, stage: dict, loss: float | None) -> str:
+    step = f"step {stage['step']}/{stage['total_steps']}" if stage.get("total_steps") else (stage.get("phase") or "")
+    parts = [f"[{stage['name']}]", stage["status"], step]
+    if loss is not None:
+        parts.append(f"loss {loss:.4f}")
+    if stage.get("eta_s") is not None and stage["status"] == "running":
+        parts.append(f"eta {_clock(stage['eta_s'])}")
+    parts.append(f"elapsed {_clock(time.time() - job['created_at'])}")
+    return "  ".join(p for p in parts if p)
+
+
+def _live_table(job: dict, losses: dict):
+    from rich.table import Table
+    t = Table(title=f"job {job['id']}  {job['name']}  {job['status']}  "
+                    f"elapsed {_clock(time.time() - job['created_at'])}", title_justify="left")
+    for col in ("stage", "kind", "status", "step", "loss", "eta", "time"):
+        t.add_column(col, justify="right" if col in ("step", "loss", "eta", "time") else "left")
+    for st in job["stages"]:
+        step = f"{st['step']}/{st['total_steps']}" if st.get("total_steps") else (st.get("phase") or "")
+        loss = losses.get(st["name"])
+        t.add_row(st["name"], st["kind"], st["status"], step, "" if loss is None else f"{loss:.4f}",
+                  _clock(st.get("eta_s")) if st["status"] == "running" else "", _clock(_duration(st)))
+    return t
+
+
+def follow(client: Client, job_id: str, live: bool, poll_s: float = 1.0) -> dict:
+    """Poll the job until it ends; a rich live table on a terminal, plain progress lines otherwise."""
+    losses: dict[str, float] = {}
+    printed: dict[str, tuple] = {}
+    last_print = 0.0
+
+    def refresh() -> dict:
+        job = client.get(job_id)
+        for st in job["stages"]:
+            if st["status"] == "running" or (st["status"] == "succeeded" and st["name"] not in losses
+                                              and st["kind"] in ("train", "rounds")):
+                loss = _last_loss(client, job_id, st["name"])
+                if loss is not None:
+                    losses[st["name"]] = loss
+        return job
+
+    if live:
+        from rich.live import Live
+        job = refresh()
+        with Live(_live_table(job, losses), refresh_per_second=2, transient=False) as view:
+            while job["status"] not in TERMINAL:
+                time.sleep(poll_s)
+                job = refresh()
+                view.update(_live_table(job, losses))
+        return job
+    while True:
+        job = refresh()
+        now = time.time()
+        for st in job["stages"]:
+            if st["status"] == "pending":
+                continue
+            tenth = (10 * (st.get("step") or 0) // st["total_steps"]) if st.get("total_steps") else 0
+            key = (st["status"], tenth)
+            # a line when a stage starts, ends, passes each tenth of its steps, or every 30 s while running
+            if printed.get(st["name"]) != key or (st["status"] == "running" and now - last_print > 30):
+                click.echo(_progress_line(job, st, losses.get(st["name"])))
+                printed[st["name"]], last_print = key, now
+        if job["status"] in TERMINAL:
+            return job
+        time.sleep(poll_s)
+
+
+# ------------------------------------------------------------------ the results table
+
+def _fmt(v, digits=4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
+
+
+def key_figures(stage: dict) -> str:
+    """The few numbers that say what a stage did (from its recorded summary)."""
+    s = stage.get("summary") or {}
+    kind = stage["kind"]
+    if not s:
+        return ""
+    if kind == "tokenizer":
+        out = f"vocab {_fmt(s.get('original_vocab'))} -> {_fmt(s.get('vocab'))} pieces"
+        if s.get("coverage") is not None:
+            out += f", coverage {s['coverage']:.2%}"
+        return out
+    if kind == "inherit":
+        out = f"params {_fmt(s.get('parent_params'))} -> {_fmt(s.get('child_params'))}"
+        if s.get("layers") is not None:
+            out += f", layers kept {s['layers']}"
+        if s.get("inherited_loss") is not None:
+            out += f", held-out loss {s['inherited_loss']:.4f}"
+        if s.get("random_init_loss") is not None:
+            out += f" (random init {s['random_init_loss']:.4f})"
+        return out
+    if kind == "export":
+        return "Hugging Face Llama directory"
+    parts = []
+    if s.get("params") is not None:
+        parts.append(f"params {_fmt(s['params'])}")
+    if s.get("steps") is not None:
+        parts.append(f"steps {_fmt(s['steps'])}")
+    if s.get("tokens") is not None:
+        parts.append(f"tokens {_fmt(s['tokens'])}")
+    if s.get("val_loss") is not None:
+        parts.append(f"val loss {s['val_loss']:.4f}")
+    if s.get("val_bpb") is not None:
+        parts.append(f"val bpb {s['val_bpb']:.4f}")
+    return ", ".join(parts)
+
+
+def results_table(job: dict) -> str:
+    rows = [("stage", "kind", "status", "time", "key figures")]
+    rows += [(st["name"], st["kind"], st["status"], _clock(_duration(st)), key_figures(st)) for st in job["stages"]]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = []
+    for i, r in enumerate(rows):
+        lines.append("  ".join(c.ljust(w) if j != 3 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths)))
+                     + "  " + r[4])
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths) + "  " + "-" * max(len(x[4]) for x in rows))
+    return "\n".join(lines)
+
+
+def _artifact(client: Client, job_id: str, stage: str, name: str) -> str | None:
+    for a in client.http.get(f"/v1/jobs/{job_id}/artifacts").json():
+        if a.get("stage") == stage and a["name"] == name:
+            return a["path"]
+    return None
+
+
+def report(client: Client, job: dict, home: Path, url: str) -> str:
+    by = {st["name"]: st for st in job["stages"]}
+    lines = ["", results_table(job), ""]
+    total = (job.get("finished_at") or time.time()) - job["created_at"]
+    lines.append(f"job {job['id']} {job['status']} in {_clock(total)}"
+                 + (f": {job['failure_reason']}" if job.get("failure_reason") else ""))
+    final = (by.get("eval") or {}).get("summary") or {}
+    if final:
+        lines.append(f"final model: {final.get('params', 0):,} parameters, held-out loss {final['val_loss']:.4f} "
+                     f"nats/token, perplexity {final['val_ppl']:.2f}, {final['val_bpb']:.4f} bits/byte")
+    hf_dir = _artifact(client, job["id"], "export", "hf_model")
+    if hf_dir:
+        lines.append(f"Hugging Face model: {_rel(hf_dir)}")
+    lines.append(f"dashboard: {url}/ui/#/jobs/{job['id']} (stopped with the demo; bring it back with "
+                 f"`tinyforge serve --home {_rel(home)}`, then http://127.0.0.1:8080/ui/, "
+                 f"token in {_rel(home / 'admin.token')})")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ the command
+
+@click.command()
+@click.option("--spec", "spec_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=DEMO_SPEC,
+              show_default=True, help="the recipe job to submit")
+@click.option("--quick", is_flag=True, help="the same stages at test size (about a minute)")
+@click.option("--home", type=click.Path(path_type=Path), default=None,
+              help="state directory (env TINYFORGE_HOME; default ./.tinyforge)")
+@click.option("--port", type=int, default=0, help="API port (default: a free one)")
+@click.option("--live/--plain", default=None, help="progress display (default: live on a terminal)")
+@click.option("--engine-only", is_flag=True, help="the engine's quick demo instead: train `tiny` without the service")
+@click.option("--steps", type=int, default=300, show_default=True, help="with --engine-only: training steps")
+def demo(spec_path, quick, home, port, live, engine_only, steps):
+    """Run the whole recipe through the service on the bundled corpus and print what each stage gave."""
+    home = (home or Path(os.environ.get("TINYFORGE_HOME") or ".tinyforge")).expanduser().resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    if engine_only:  # the engine is a command to the service side, never an import
+        env = {**os.environ, "TINYFORGE_HOME": str(home)}
+        sys.exit(subprocess.call([sys.executable, "-m", "engine.commands.demo", "--steps", str(steps)], env=env))
+    if quick:
+        spec = deep_merge(yaml.safe_load(spec_path.read_text()), QUICK)
+        spec_path = home / "demo" / "quick-recipe.yaml"
+        spec_path.parent.mkdir(exist_ok=True)
+        spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    live = sys.stdout.isatty() if live is None else live
+    svc = EmbeddedService(home, port or free_port())
+    click.echo(f"tinyforge serve on {svc.url} (SQLite and runs in {_rel(home)}, log "
+               f"{_rel(svc.log_path)})")
+    try:
+        svc.wait_ready()
+        client = Client(svc.url, (home / "admin.token").read_text().strip())
+        job, _ = client.submit(spec_path)
+        click.echo(f"submitted {_rel(spec_path)} as job {job['id']}: "
+                   + " -> ".join(st["name"] for st in job["stages"]))
+        job = follow(client, job["id"], live)
+        click.echo(report(client, job, home, svc.url))
+    except KeyboardInterrupt:
+        click.echo(f"\ninterrupted: the running stage is preempted and the job requeued; "
+                   f"`tinyforge serve --home {_rel(home)}` resumes it", err=True)
+        sys.exit(130)
+    finally:
+        svc.stop()
+    sys.exit(0 if job["status"] == "succeeded" else 1)
