@@ -8,7 +8,7 @@ import click
 
 # command name -> "module:attribute" of a click command
 COMMANDS: dict[str, str] = {
-    "demo": "engine.commands.demo:demo",
+    "demo": "service.commands.demo:demo",
     "train": "engine.commands.train:train",
     "arch": "engine.commands.arch:arch",
     "export-hf": "engine.commands.export_hf:export_hf",
