@@ -6,9 +6,9 @@ classes and register in LAUNCHERS by import path; a worker offers a launcher onl
 `available()` says so."""
 from __future__ import annotations
 
+import ctypes
 import importlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -158,9 +158,6 @@ class LocalLauncher(Launcher):
             # --no-python: torchrun runs the same command line per rank (RANK, WORLD_SIZE, LOCAL_RANK set)
             argv = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                     f"--nproc-per-node={req.processes_per_node}", "--no-python", *argv]
-        if shutil.which("setpriv"):
-            # if the worker dies, the stage gets SIGTERM (checkpoint, exit) instead of running on unowned
-            argv = ["setpriv", "--pdeathsig", "TERM", "--", *argv]
         return argv
 
     def start(self, req: LaunchRequest) -> LocalProcess:
@@ -169,5 +166,25 @@ class LocalLauncher(Launcher):
         stdout.parent.mkdir(parents=True, exist_ok=True)
         with open(stdout, "ab") as out, open(stderr, "ab") as err:
             popen = subprocess.Popen(self.command(req), cwd=req.cwd, env=req.env, stdin=subprocess.DEVNULL,
-                                     stdout=out, stderr=err, start_new_session=True, pass_fds=req.pass_fds)
+                                     stdout=out, stderr=err, start_new_session=True, pass_fds=req.pass_fds,
+                                     preexec_fn=_die_with_parent(os.getpid()) if _PRCTL else None)
         return LocalProcess(popen, stdout, stderr)
+
+
+PR_SET_PDEATHSIG = 1
+try:
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child must not load anything
+except (OSError, AttributeError):  # not Linux
+    _PRCTL = None
+
+
+def _die_with_parent(parent: int):
+    """preexec_fn of a stage: when the worker dies (even SIGKILL) the stage gets SIGTERM, so it checkpoints
+    and exits instead of running on unowned and writing into a run directory that the next attempt takes
+    over. Checking the parent after prctl closes the window in which the worker died before it: the child
+    was already reparented, and exits at once. (Unlike `setpriv --pdeathsig`, which leaves that window.)"""
+    def preexec() -> None:
+        _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(75)
+    return preexec
