@@ -1,0 +1,82 @@
+"""`tinyforge demo` end to end at test size (--quick): it starts the service, submits the recipe through
+the API, prints the results table and the export's path, and leaves every stage in the SQLite database
+of ./.tinyforge, where a later `tinyforge serve` finds the job."""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+STAGES = ["tokenizer", "parent", "inherit", "round1", "round2", "export", "eval"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_quick_demo_runs_the_recipe_through_the_service(tmp_path):
+    exe = str(Path(sys.executable).with_name("tinyforge"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TINYFORGE_")}  # the demo's own defaults
+    t0 = time.time()
+    proc = subprocess.run([exe, "demo", "--quick"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600, stdin=subprocess.DEVNULL)
+    out = proc.stdout
+    assert proc.returncode == 0, (out[-3000:], proc.stderr[-3000:])
+    assert time.time() - t0 < 300
+
+    # the results table: a header and one succeeded row per stage, with its figures
+    assert re.search(r"^stage\s+kind\s+status\s+time\s+key figures$", out, re.M), out
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^(\w+)\s+\w+\s+succeeded\s+\d+:\d\d\s+(.*)$", out, re.M)}
+    assert list(rows) == STAGES, out
+    assert re.search(r"vocab 2,048 -> [\d,]+ pieces", rows["tokenizer"])
+    assert re.search(r"val loss \d+\.\d{4}, val bpb \d+\.\d{4}", rows["eval"])
+    assert re.search(r"^final model: [\d,]+ parameters, held-out loss \d+\.\d{4}", out, re.M)
+
+    # the export is where the demo says, and transformers' files are in it
+    hf_dir = tmp_path / re.search(r"^Hugging Face model: (\S+)$", out, re.M).group(1)
+    assert (hf_dir / "config.json").is_file() and (hf_dir / "model.safetensors").is_file()
+    assert (hf_dir / "tokenizer.model").is_file()
+    assert re.search(r"^dashboard: http://127\.0\.0\.1:\d+/ui/#/jobs/j\w+ .*tinyforge serve --home \.tinyforge", out,
+                     re.M)
+
+    # every stage is in the database under ./.tinyforge, succeeded, with its summary
+    home = tmp_path / ".tinyforge"
+    with sqlite3.connect(home / "tinyforge.db") as db:
+        (job_id, status), = db.execute("SELECT id, status FROM jobs").fetchall()
+        stages = db.execute("SELECT name, status, summary FROM stages WHERE job_id = ? ORDER BY position",
+                            (job_id,)).fetchall()
+    assert status == "succeeded"
+    assert [(n, s) for n, s, _ in stages] == [(n, "succeeded") for n in STAGES]
+    assert all(summary for *_, summary in stages)
+
+    # a later `tinyforge serve` on the same home shows the job
+    port = _free_port()
+    serve = subprocess.Popen([exe, "serve", "--home", str(home), "--port", str(port), "--no-worker"], cwd=tmp_path,
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        headers = {"Authorization": f"Bearer {(home / 'admin.token').read_text().strip()}"}
+        deadline = time.time() + 60
+        while True:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/v1/jobs/{job_id}", headers=headers, timeout=5)
+                break
+            except httpx.HTTPError:
+                assert time.time() < deadline and serve.poll() is None, "serve did not come up"
+                time.sleep(0.3)
+        assert r.status_code == 200, r.text
+        assert r.json()["status"] == "succeeded"
+        assert [s["name"] for s in r.json()["stages"]] == STAGES
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)
