@@ -115,6 +115,7 @@ STAGE_SPECS: dict[str, str] = {
     "rounds": "engine.rounds.spec:RoundsSpec",
     "eval": "engine.spec:EvalSpec",
     "export": "engine.spec:ExportSpec",
+    "ablate": "engine.ablate.spec:AblateSpec",
 }
 
 
