@@ -73,6 +73,18 @@ class DistillSpec(Strict):
                                                  "a subset of the teacher's")
 
 
+class NonfiniteSpec(Strict):
+    """What training does when the loss is NaN or infinite (docs/engine-contract.md). Every occurrence is
+    an event `nonfinite_loss` in events.jsonl and counted in result.json's summary."""
+    policy: Literal["fail", "skip", "rollback"] = Field(
+        "fail", description="fail: stop (exit 2); skip: drop that step's update and go on; rollback: reload "
+                            "the last valid checkpoint and go on with the learning rate x lr_factor")
+    lr_factor: float = Field(0.5, gt=0, le=1, description="rollback: learning-rate multiplier applied at each "
+                                                          "rollback (kept in checkpoints, so a resume keeps it)")
+    max_events: PositiveInt = Field(10, description="skip/rollback: the next non-finite loss after this many "
+                                                    "stops the run as fail would")
+
+
 class TrainSpec(Strict):
     model: ModelSpec = Field(default_factory=ModelSpec)
     data: DataSpec = Field(default_factory=DataSpec)
@@ -96,6 +108,7 @@ class TrainSpec(Strict):
     checkpoint_every: PositiveInt = 100
     keep_checkpoints: PositiveInt = 3
     memory_limit_gb: PositiveFloat | None = Field(None, description="refuse configs whose estimate exceeds this")
+    nonfinite: NonfiniteSpec = Field(default_factory=NonfiniteSpec)
 
     @model_validator(mode="after")
     def _check(self):
@@ -105,6 +118,9 @@ class TrainSpec(Strict):
             raise ValueError("data: give either batch_ids or window_ids, not both")
         if self.batch_size % self.micro_batch:
             raise ValueError(f"batch_size: {self.batch_size} is not a multiple of micro_batch={self.micro_batch}")
+        if self.nonfinite.policy == "skip" and self.parallel.strategy.startswith("zero"):
+            raise ValueError("nonfinite.policy: skip cannot drop an update under ZeRO (DeepSpeed steps inside "
+                             "the backward pass); use rollback or fail")
         return self
 
 
