@@ -5,6 +5,7 @@ A checkpoint is a directory `step_NNNNNNNN/` holding `model.pt` (the model's sta
 `manifest.json` (step, model config, sha256 of every file). Loading verifies every checksum."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -19,6 +20,20 @@ MANIFEST = "manifest.json"
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete or fails its checksum."""
+
+
+class DiskFull(OSError):
+    """ENOSPC while writing a checkpoint; the partial write is already removed."""
+
+    def __init__(self, path: Path, step: int):
+        self.path = path
+        free = shutil.disk_usage(path.parent).free
+        super().__init__(errno.ENOSPC, f"no space left on device writing checkpoint step {step} to {path} "
+                                       f"({free / 2**20:.2f} MiB free); the partial write was removed, "
+                                       "earlier checkpoints are intact", str(path))
+
+    def __str__(self) -> str:
+        return self.strerror
 
 
 def sha256(path: Path) -> str:
@@ -50,7 +65,8 @@ def save(root: Path, step: int, objects: dict[str, object], meta: dict, keep: in
         files = {}
         for stem, obj in objects.items():
             path = tmp / f"{stem}.pt"
-            torch.save(obj, path)
+            with open(path, "wb") as f:  # a file object: a full disk raises ENOSPC, a path only RuntimeError
+                torch.save(obj, f)
             _fsync(path)
             files[path.name] = sha256(path)
         manifest = {"step": step, "files": files, "created_at": time.time(), **meta}
@@ -61,13 +77,24 @@ def save(root: Path, step: int, objects: dict[str, object], meta: dict, keep: in
             shutil.rmtree(final)
         tmp.rename(final)
         _fsync(root)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise DiskFull(final, step) from exc
         raise
     if keep:
         for old in list_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def remove_stale_temps(root: Path) -> list[Path]:
+    """Remove temporary directories left by writers that were killed mid-save (never valid checkpoints)."""
+    root = Path(root)
+    stale = sorted(root.glob(".step_*.tmp*")) if root.is_dir() else []
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -84,8 +111,10 @@ def verify(path: Path) -> dict:
         raise CheckpointError(f"checkpoint {path}: no {MANIFEST} (not a checkpoint, or incomplete)")
     try:
         manifest = json.loads(mf.read_text())
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"checkpoint {path}: {MANIFEST} is corrupt ({exc})")
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict) or "step" not in manifest:
+        raise CheckpointError(f"checkpoint {path}: {MANIFEST} lacks its step or file checksums (corrupt)")
     for name, digest in manifest["files"].items():
         f = path / name
         if not f.is_file():

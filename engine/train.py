@@ -1,5 +1,6 @@
 """The training loop: AdamW, warmup + cosine, clipping, accumulation, bf16 autocast over fp32 master
-weights, periodic evaluation, atomic checkpoints with bit-identical resume, SIGTERM -> save and exit."""
+weights, periodic evaluation, atomic checkpoints with bit-identical resume (also after SIGKILL), SIGTERM ->
+save and exit, and a policy for non-finite losses (fail, skip the update, or roll back with a lower LR)."""
 from __future__ import annotations
 
 import math
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from engine import checkpoint as ckpt
-from engine import distributed
+from engine import distributed, faults
 from engine.arch import count_params, flops_per_token, measured_matmul_peak, training_memory_bytes
 from engine.backend import Backend, resolve
 from engine.config import ModelConfig, model_config, padded_vocab, replace
@@ -160,25 +161,39 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
         base_lr *= (spec.batch_size / spec.optim.lr_scaling_base_batch) ** 0.5
     optimizer = backend.ops.adamw(param_groups(model, spec.optim.weight_decay), lr=base_lr,
                                   betas=spec.optim.betas, eps=spec.optim.eps, weight_decay=spec.optim.weight_decay)
+    injected = faults.NonfiniteLoss(model, faults.nonfinite_steps())  # tests only; a no-op by default
     if spec.compile:
         model.compile()
     par = Parallel(model, optimizer, spec, world, backend)
+    # measured before any resume: it draws random numbers, which must not follow the restored RNG state
+    peak = measured_matmul_peak(str(backend.device), backend.autocast_dtype or torch.float32, n=512, seconds=0.2)
 
     ckpt_root = out_dir / "checkpoints"
-    start_step = 0
-    latest = ckpt.latest_valid(ckpt_root, on_corrupt=lambda p, why: (say(f"warning: {why}; using an older one"),
-                                                                      record.event("checkpoint_corrupt", why, path=str(p))))
-    if latest:
+    if world.is_main:
+        ckpt.remove_stale_temps(ckpt_root)  # partial writes of a killed run: never valid, only clutter
+    nonfinite = {"events": 0, "lr_scale": 1.0}  # kept in every checkpoint, so a resume keeps a lowered LR
+
+    def restore(on_corrupt) -> int | None:
+        latest = ckpt.latest_valid(ckpt_root, on_corrupt=on_corrupt)
+        if not latest:
+            return None
         manifest, parts = ckpt.load(latest)
         par.load_full_state(parts["model"], parts["train_state"]["optimizer"])
         set_rng_state(parts["train_state"]["rng"])
-        start_step = manifest["step"]
-        say(f"resumed from {latest} at step {start_step} (written by {manifest.get('world_size', 1)} process(es))")
-        record.event("resumed", f"resumed from step {start_step}", checkpoint=str(latest))
+        nonfinite.update(parts["train_state"].get("nonfinite", {}))
+        say(f"resumed from {latest} at step {manifest['step']} (written by {manifest.get('world_size', 1)} "
+            "process(es))")
+        record.event("resumed", f"resumed from step {manifest['step']}", checkpoint=str(latest))
+        return manifest["step"]
+
+    def corrupt(path, why):
+        say(f"warning: {why}; using an older one")
+        record.event("checkpoint_corrupt", why, path=str(path))
+
+    start_step = restore(corrupt) or 0
 
     counts = count_params(cfg)
     fpt = flops_per_token(cfg, seq_len)
-    peak = measured_matmul_peak(str(backend.device), backend.autocast_dtype or torch.float32, n=512, seconds=0.2)
     record.start("train", spec.model_dump(mode="json"), backend=backend.describe(), world_size=world.size,
                  model_config=cfg.to_dict(), params={"total": counts.total, "embedding": counts.embedding,
                                                      "body": counts.body}, data_dir=str(data_dir),
@@ -194,35 +209,80 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
         path = None
         model_state, optim_state = par.full_state()  # consolidated: loads into any world size
         if world.is_main:
-            path = ckpt.save(ckpt_root, step, {"model": model_state,
-                                                "train_state": {"optimizer": optim_state, "rng": rng_state(),
-                                                                "step": step}},
-                             {"model_config": cfg.to_dict(), "tokenizer": spec.data.tokenizer,
-                              "data_dir": str(data_dir), "world_size": world.size,
-                              "strategy": par.strategy}, keep=spec.keep_checkpoints)
+            try:
+                path = ckpt.save(ckpt_root, step, {"model": model_state,
+                                                    "train_state": {"optimizer": optim_state, "rng": rng_state(),
+                                                                    "step": step, "nonfinite": dict(nonfinite)}},
+                                 {"model_config": cfg.to_dict(), "tokenizer": spec.data.tokenizer,
+                                  "data_dir": str(data_dir), "world_size": world.size,
+                                  "strategy": par.strategy}, keep=spec.keep_checkpoints)
+            except ckpt.DiskFull as exc:
+                try:  # the run directory may be on the same full disk
+                    record.event("disk_full", str(exc), path=str(exc.path), step=step)
+                except OSError:
+                    pass
+                raise
         distributed.barrier(world)
         return path or ckpt_root / f"step_{step:08d}"
 
+    def on_nonfinite(done: int, loss_val: float) -> int | None:
+        """Apply nonfinite.policy to a non-finite loss at step `done`: None to skip the update, the step
+        rolled back to, or raise FloatingPointError."""
+        par.optimizer.zero_grad(set_to_none=True)  # the batch's gradients are non-finite: never apply them
+        nonfinite["events"] += 1
+        policy, n = spec.nonfinite.policy, nonfinite["events"]
+        what = f"loss became {loss_val} at step {done}"
+        if policy == "fail" or n > spec.nonfinite.max_events:
+            why = (f"{what} (nonfinite.policy=fail)" if policy == "fail" else
+                   f"{what}: non-finite loss number {n}, over nonfinite.max_events={spec.nonfinite.max_events}")
+            record.event("nonfinite_loss", why, step=done, loss=str(loss_val), action="fail", count=n)
+            raise FloatingPointError(why)
+        if policy == "skip":
+            record.event("nonfinite_loss", f"{what}: update skipped", step=done, loss=str(loss_val),
+                         action="skip", count=n)
+            return None
+        events = nonfinite["events"]
+        back = restore(None)
+        if back is None:
+            raise FloatingPointError(f"{what}: no valid checkpoint to roll back to")
+        nonfinite["events"], nonfinite["lr_scale"] = events, nonfinite["lr_scale"] * spec.nonfinite.lr_factor
+        save(back)  # the checkpoint again, now with the lowered LR: a resume from it keeps the LR
+        record.event("nonfinite_loss", f"{what}: rolled back to step {back}, learning rate x "
+                                       f"{nonfinite['lr_scale']:g}", step=done, loss=str(loss_val),
+                     action="rollback", count=n, to_step=back, lr_scale=nonfinite["lr_scale"])
+        say(f"warning: {what}; rolled back to step {back}, learning rate x {nonfinite['lr_scale']:g}")
+        return back
+
+    if spec.nonfinite.policy == "rollback" and not ckpt.list_checkpoints(ckpt_root):
+        save(0)  # something to roll back to before the first periodic checkpoint
     progress = _progress_bar(spec.steps, start_step, show_progress and world.is_main)
     tokens_per_step = spec.batch_size * seq_len
     t_last, last_val = time.perf_counter(), {}
     model.train()
     try:
         with progress:
-            for step in range(start_step, spec.steps):
-                lr = lr_at(step, spec.steps, spec, base_lr)
+            step = start_step
+            while step < spec.steps:
+                lr = lr_at(step, spec.steps, spec, base_lr) * nonfinite["lr_scale"]
                 par.set_lr(lr)
                 windows = rank_slice(sampler.windows(step), world.rank, world.size)
+                done = injected.step = step + 1
                 loss_sum = 0.0
                 for m in range(par.accum):
                     x, y = train_data.batch(windows[m * spec.micro_batch:(m + 1) * spec.micro_batch])
                     loss_sum += par.forward_backward(x.to(backend.device), y.to(backend.device), m, backend.autocast())
-                grad_norm = par.step()
-                done = step + 1
                 loss_val = distributed.mean_across(loss_sum / par.accum, world, backend.device)
-                if not math.isfinite(loss_val):
-                    raise FloatingPointError(f"loss became {loss_val} at step {done}")
-                if done % spec.log_every == 0 or done == spec.steps:
+                step += 1
+                finite = math.isfinite(loss_val)
+                if finite:
+                    grad_norm = par.step()
+                else:
+                    back = on_nonfinite(done, loss_val)
+                    injected.step_done()
+                    if back is not None:
+                        step = back
+                        continue
+                if finite and (done % spec.log_every == 0 or done == spec.steps):
                     dt = time.perf_counter() - t_last
                     steps_done = spec.log_every if done % spec.log_every == 0 else done % spec.log_every
                     tps = tokens_per_step * steps_done / dt
@@ -260,7 +320,8 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
     plot = loss_curve(read_metrics(out_dir), out_dir / "loss.png", "training loss") if world.is_main else None
     summary = {"steps": spec.steps, "tokens": spec.steps * tokens_per_step, "params": counts.total,
                "val_loss": last_val.get("loss"), "val_ppl": last_val.get("ppl"), "val_bpb": last_val.get("bpb"),
-               "flops": spec.steps * tokens_per_step * fpt, "checkpoint": str(final)}
+               "flops": spec.steps * tokens_per_step * fpt, "checkpoint": str(final),
+               "nonfinite": {"policy": spec.nonfinite.policy, **nonfinite}}
     artifacts = [{"name": "checkpoint", "path": str(final), "type": "checkpoint"}]
     if plot:
         artifacts.append({"name": "loss_curve", "path": str(plot), "type": "plot"})
