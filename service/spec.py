@@ -164,7 +164,7 @@ def parse_body(body: bytes, content_type: str | None) -> Any:
     """JSON unless the content type says YAML."""
     ctype = (content_type or "application/json").split(";")[0].strip().lower()
     if not body.strip():
-        raise SpecError([_err(("body",), "empty body; expected a job spec", "missing")])
+        raise SpecError([_err(("body",), "empty body; expected an object (a job spec, a token request)", "missing")])
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -225,6 +225,15 @@ def _leaves(value, loc=()):
 
 def pydantic_errors(exc: ValidationError, prefix: tuple) -> list[dict]:
     return [_err(prefix + tuple(e["loc"]), e["msg"], e["type"]) for e in exc.errors()]
+
+
+def parse_model(model: type[BaseModel], body: bytes):
+    """A small JSON request body (not a job spec) into `model`; problems as SpecError, like a spec's."""
+    data = parse_body(body, "application/json")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(pydantic_errors(exc, ("body",))) from None
 
 
 def validate_spec(data: Any) -> JobSpec:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from service.api.schemas import MessageOut
 from service.auth import Principal
 
 bearer = HTTPBearer(auto_error=False, description="an API token from `tinyforge token create`")
@@ -22,5 +23,14 @@ def require(scope: str):
         return principal
     return check
 
+
+def json_answer(model, description: str) -> dict:
+    """An answer for `responses=` that is JSON whatever the route's own response class (text, files)."""
+    return {"description": description, "content": {"application/json": {"schema": model.model_json_schema()}}}
+
+
+# what every route behind a token may answer, declared on each such route for the published OpenAPI spec
+AUTH_ERRORS = {401: json_answer(MessageOut, "missing, invalid or revoked token"),
+               403: json_answer(MessageOut, "the token's scope does not allow this")}
 
 READ, SUBMIT, ADMIN = Depends(require("read")), Depends(require("submit")), Depends(require("admin"))

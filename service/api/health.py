@@ -6,7 +6,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
 
 from service import prom
-from service.api.deps import READ
+from service.api.deps import AUTH_ERRORS, READ
 
 router = APIRouter(tags=["health"])
 
@@ -16,7 +16,7 @@ def healthz():
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "database unreachable or not at the schema head"}})
 def readyz(request: Request):
     st = request.app.state
     try:
@@ -30,7 +30,7 @@ def readyz(request: Request):
     return {"status": "ready", "schema": version}
 
 
-@router.get("/metrics", response_class=PlainTextResponse, dependencies=[READ])
+@router.get("/metrics", response_class=PlainTextResponse, dependencies=[READ], responses=AUTH_ERRORS)
 def metrics(request: Request):
     """Prometheus text format: jobs by status, queue depth, worker heartbeats, request latency."""
     st = request.app.state

@@ -10,14 +10,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.api import schemas
-from service.api.deps import READ, SUBMIT, require
+from service.api.deps import AUTH_ERRORS, READ, SUBMIT, require
 from service.auth import Principal
 from service.services import artifacts, jobs, lifecycle, logs, metrics
 from service.spec import SpecError, parse_body
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
-ERRORS = {401: {"model": schemas.MessageOut}, 403: {"model": schemas.MessageOut}}
+ERRORS = AUTH_ERRORS
 BODY_ERRORS = {**ERRORS, 413: {"model": schemas.ValidationErrorOut}, 422: {"model": schemas.ValidationErrorOut}}
 # the body is read by hand (JSON or YAML), so describe it for the OpenAPI spec
 SPEC_BODY = {"requestBody": {"required": True, "content": {

@@ -1,20 +1,36 @@
-"""/v1/runs (a run = one stage of a job), /v1/artifacts downloads, /v1/workers, /v1/tokens."""
+"""/v1/runs (a run = one stage of a job), /v1/artifacts downloads, /v1/workers, /v1/tokens, /v1/whoami."""
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from service import auth
 from service.api import schemas
-from service.api.deps import ADMIN, READ
+from service.api.deps import ADMIN, AUTH_ERRORS, READ, json_answer
+from service.auth import Principal
 from service.services import artifacts, workers
 from service.services.jobs import NotFound
+from service.spec import parse_model
 
-router = APIRouter(prefix="/v1")
-NOT_FOUND = {401: {"model": schemas.MessageOut}, 403: {"model": schemas.MessageOut},
-             404: {"model": schemas.MessageOut}}
+router = APIRouter(prefix="/v1", responses=AUTH_ERRORS)
+NOT_FOUND = {404: json_answer(schemas.MessageOut, "no such object")}
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+TOKEN_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": schemas.TokenIn.model_json_schema()}}}}
+
+
+class OctetStream(Response):
+    media_type = "application/octet-stream"
+
+
+def _attachment(name: str) -> str:
+    # a name recorded by a stage may hold quotes or non-ASCII: give an ASCII fallback and the exact UTF-8 name
+    fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 @router.get("/runs/{run_id}/lineage", response_model=schemas.LineageOut, dependencies=[READ], tags=["runs"],
@@ -24,16 +40,23 @@ def run_lineage(request: Request, run_id: str):
     return artifacts.lineage(request.app.state.db, run_id)
 
 
-@router.get("/artifacts/{artifact_id}/download", dependencies=[READ], tags=["runs"], responses=NOT_FOUND)
+@router.get("/artifacts/{artifact_id}/download", dependencies=[READ], tags=["runs"], response_class=OctetStream,
+            responses={**NOT_FOUND, 200: {"description": "the file, or a directory as a tar stream",
+                                          "content": {"application/octet-stream": BINARY, "application/x-tar": BINARY}}})
 def download_artifact(request: Request, artifact_id: str):
-    """A file as is; a directory (checkpoint, Hugging Face model) as a tar stream."""
+    """A file as is; a directory (checkpoint, Hugging Face model) as a tar stream. Always sent as an
+    attachment of a binary type, so a recorded file never renders as a page of this origin."""
     a = artifacts.get(request.app.state.db, artifact_id)
     path = Path(a.path)
+    if path.resolve() != path:  # stored resolved: a link put in its place since is not followed
+        raise NotFound(f"artifact {artifact_id}: {a.path} was replaced by a link; not served")
+    headers = {"X-Content-Type-Options": "nosniff"}
     if path.is_file():
-        return FileResponse(path, filename=path.name)
+        return FileResponse(path, media_type="application/octet-stream",
+                            headers={**headers, "Content-Disposition": _attachment(path.name)})
     if path.is_dir():
         return StreamingResponse(artifacts.tar_stream(path), media_type="application/x-tar",
-                                 headers={"Content-Disposition": f'attachment; filename="{path.name}.tar"'})
+                                 headers={**headers, "Content-Disposition": _attachment(path.name + ".tar")})
     raise NotFound(f"artifact {artifact_id}: {a.path} no longer exists on the server")
 
 
@@ -48,10 +71,14 @@ def _token_view(t, token: str | None = None) -> dict:
             "token": token}
 
 
-@router.post("/tokens", response_model=schemas.TokenOut, status_code=201, dependencies=[ADMIN], tags=["tokens"])
-def create_token(request: Request, body: schemas.TokenIn):
+@router.post("/tokens", response_model=schemas.TokenOut, status_code=201, dependencies=[ADMIN], tags=["tokens"],
+             openapi_extra=TOKEN_BODY, responses={413: {"model": schemas.ValidationErrorOut},
+                                                  422: {"model": schemas.ValidationErrorOut}})
+async def create_token(request: Request):
     """A new token; the answer is the only time it is shown."""
-    token, row = auth.create_token(request.app.state.db, body.scope, body.name)
+    # the body is read here, after the token check: a caller without a token learns nothing about bodies
+    body = parse_model(schemas.TokenIn, await request.body())
+    token, row = await run_in_threadpool(auth.create_token, request.app.state.db, body.scope, body.name)
     return _token_view(row, token)
 
 
@@ -66,3 +93,9 @@ def revoke_token(request: Request, token_id: str):
     if not auth.revoke_token(request.app.state.db, token_id):
         raise NotFound(f"token {token_id} not found or already revoked")
     return {"detail": f"token {token_id} revoked"}
+
+
+@router.get("/whoami", response_model=schemas.WhoamiOut, tags=["tokens"])
+def whoami(principal: Principal = READ):
+    """The calling token's id, name and scope (any valid token may ask)."""
+    return {"token_id": principal.token_id, "name": principal.name, "scope": principal.scope}

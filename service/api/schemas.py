@@ -199,3 +199,9 @@ class TokenOut(BaseModel):
     created_at: float
     revoked_at: float | None = None
     token: str | None = None  # only in the answer that created it
+
+
+class WhoamiOut(BaseModel):
+    token_id: str
+    name: str
+    scope: Literal["read", "submit", "admin"]
