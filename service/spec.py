@@ -18,7 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from service import refs
 
-StageKind = Literal["tokenizer", "inherit", "train", "rounds", "eval", "export"]
+StageKind = Literal["tokenizer", "inherit", "train", "rounds", "eval", "export", "ablate"]
 KINDS: tuple[str, ...] = StageKind.__args__
 # the engine command of each stage kind (tinyforge <command> --config FILE --out DIR)
 STAGE_COMMANDS = {"export": "export-hf"}
