@@ -54,7 +54,9 @@ class AttemptRunner:
         self.last_ok = now
 
     def _retrying(self, fn):
-        """Run a fenced write, retrying through database outages until the lease would have expired."""
+        """Run a fenced write (or a read), retrying through database outages until the lease would have
+        expired. Every database call of an attempt goes through here: an outage at any moment must neither
+        kill the worker nor leave a started stage unwatched."""
         while True:
             try:
                 return fn()
@@ -70,9 +72,7 @@ class AttemptRunner:
 
     def run(self) -> str:
         try:
-            with self.db.read() as s:
-                job = s.get(Job, self.claim.job_id)
-                stages = list(s.scalars(select(Stage).where(Stage.job_id == job.id).order_by(Stage.position)))
+            job, stages = self._retrying(self._load)
             outcome = Outcome("succeeded")
             for st in stages:
                 if st.status == "succeeded":
@@ -89,6 +89,11 @@ class AttemptRunner:
         except LeaseLost as exc:
             log.warning("%s; stopping", exc)
             return "lost"
+
+    def _load(self) -> tuple[Job, list[Stage]]:
+        with self.db.read() as s:
+            job = s.get(Job, self.claim.job_id)
+            return job, list(s.scalars(select(Stage).where(Stage.job_id == job.id).order_by(Stage.position)))
 
     def _finish(self, o: Outcome) -> None:
         with self.write() as s:
@@ -162,24 +167,29 @@ class AttemptRunner:
             if time.time() > deadline:
                 os.close(fd)
                 return None
-            with self.write() as s:  # keep the lease while waiting
-                if not said:
-                    lifecycle.system_log(s, st.job_id, f"stage {st.name}: waiting for a process of an earlier "
-                                                       "attempt to release the run directory", st.id,
-                                         self.claim.number)
-                    said = True
+            self._retrying(lambda: self._keep_lease(st, "" if said else f"stage {st.name}: waiting for a process "
+                                                   "of an earlier attempt to release the run directory"))
+            said = True
             time.sleep(max(0.2, min(1.0, self.settings.heartbeat_s)))
+
+    def _keep_lease(self, st: Stage, line: str) -> None:
+        with self.write() as s:
+            if line:
+                lifecycle.system_log(s, st.job_id, line, st.id, self.claim.number)
 
     def run_stage(self, job: Job, st: Stage, stages: list[Stage]) -> Outcome:
         run_dir = Path(st.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            config, inputs = self.resolve(st, stages)
+            config, inputs = self._retrying(lambda: self.resolve(st, stages))
         except refs.RefError as exc:
             reason = f"stage {st.name}: {exc.msg}"
-            with self.write() as s:
-                s.execute(update(Stage).where(Stage.id == st.id).values(status="failed"))
-                lifecycle.system_log(s, job.id, reason, st.id, self.claim.number)
+
+            def fail(s_id=st.id):
+                with self.write() as s:
+                    s.execute(update(Stage).where(Stage.id == s_id).values(status="failed"))
+                    lifecycle.system_log(s, job.id, reason, s_id, self.claim.number)
+            self._retrying(fail)
             return Outcome("failed", "user", reason)
         config_path = run_dir / "stage.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -205,10 +215,30 @@ class AttemptRunner:
                             nodes=job.nodes, time_limit_s=job.time_limit_s, pass_fds=(lock_fd,),
                             options=spec_resources.get(job.launcher) or {},
                             output_stem=f"logs/attempt-{self.claim.number}")
+        started = self._retrying(lambda: self._mark_started(job, st, config, inputs))
+        if started is None:
+            return Outcome("cancelled", reason="cancelled on request")
+        metrics_offset, last_steps = started
+        try:
+            proc = launcher_cls().start(req)
+        except OSError as exc:
+            return Outcome("failed", "infra", f"stage {st.name}: could not start {argv[0]}: {exc}")
+
+        def store_launch_id():
+            with self.write() as s:
+                s.execute(update(Stage).where(Stage.id == st.id).values(launch_id=proc.id))
+        try:
+            self._retrying(store_launch_id)
+        except LeaseLost:
+            proc.terminate()  # the monitor's first flush sees the lost lease and finishes stopping it
+        return StageMonitor(self, job, st, run_dir, proc, metrics_offset, last_steps).run()
+
+    def _mark_started(self, job, st, config, inputs) -> tuple[int, dict] | None:
+        """The stage is running (None: a cancel is pending); returns what of its metrics is stored."""
         now = time.time()
         with self.write() as s:
             if s.scalar(select(Job.cancel_requested).where(Job.id == job.id)):
-                return Outcome("cancelled", reason="cancelled on request")
+                return None
             row = s.get(Stage, st.id)
             row.status, row.started_at = "running", row.started_at or now
             row.resolved_config, row.inputs, row.exit_code, row.finished_at = config, inputs, None, None
@@ -219,13 +249,4 @@ class AttemptRunner:
             last_steps = {(k, sp): m for k, sp, m in s.execute(
                 select(MetricPoint.key, MetricPoint.split, func.max(MetricPoint.step))
                 .where(MetricPoint.stage_id == st.id).group_by(MetricPoint.key, MetricPoint.split)).all()}
-        try:
-            proc = launcher_cls().start(req)
-        except OSError as exc:
-            return Outcome("failed", "infra", f"stage {st.name}: could not start {argv[0]}: {exc}")
-        try:
-            with self.write() as s:
-                s.execute(update(Stage).where(Stage.id == st.id).values(launch_id=proc.id))
-        except LeaseLost:
-            proc.terminate()  # the monitor's first flush sees the lost lease and finishes stopping it
-        return StageMonitor(self, job, st, run_dir, proc, metrics_offset, last_steps).run()
+        return metrics_offset, last_steps

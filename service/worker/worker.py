@@ -83,7 +83,11 @@ class Worker:
                     continue
                 log.info("worker %s: running job %s attempt %d", self.id, c.job_id, c.number)
                 self.current = c.job_id
-                status = AttemptRunner(self.db, self.settings, self.id, c, self.stop).run()
+                try:
+                    status = AttemptRunner(self.db, self.settings, self.id, c, self.stop).run()
+                except Exception:  # a bug in one attempt must not take the worker down: its lease runs out
+                    log.exception("worker %s: attempt %d of job %s failed unexpectedly", self.id, c.number, c.job_id)
+                    status = "error"
                 self.current = None
                 log.info("worker %s: job %s attempt %d ended %s", self.id, c.job_id, c.number, status)
                 self._set(status="idle", job_id=None)
