@@ -32,8 +32,8 @@ class Scale:
 
 SCALES: dict[str, Scale] = {
     # tests: well under 90 s on the 2-core machine
-    "smoke": Scale(1024, 512, "ablate-smoke-base", "ablate-smoke-wide", "ablate-smoke-deep", "ablate-smoke-parent",
-                   batch_size=8, seq_len=64, baseline_steps=12, parent_steps=16, seeds=1, bytes_seeds=1, lr=3e-3),
+    "smoke": Scale(2048, 1024, "ablate-smoke-base", "ablate-smoke-wide", "ablate-smoke-deep", "ablate-smoke-parent",
+                   batch_size=8, seq_len=64, baseline_steps=30, parent_steps=40, seeds=1, bytes_seeds=1, lr=3e-3),
     # the committed result (docs/ablation/): about 20 minutes on an idle 2-core machine, one thread
     "default": Scale(8192, 4096, "ablate-base-8k", "ablate-wide-4k", "ablate-deep-4k", "ablate-parent-8k",
                      batch_size=16, seq_len=128, baseline_steps=150, parent_steps=180, seeds=2, bytes_seeds=2,
