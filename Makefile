@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench
+.PHONY: demo test bench chaos
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,5 +15,13 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed
 	$(BIN)/tinyforge demo
 
+# both end with the fault-injection summary (bench/chaos_report.py) of the figures this run recorded
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q tests
+	rm -rf build/chaos
+	$(BIN)/python -m pytest -q tests; status=$$?; $(BIN)/python bench/chaos_report.py; exit $$status
+
+CHAOS_TESTS = tests/chaos $(wildcard tests/test_faults_engine.py tests/security)
+
+chaos: $(BIN)/.installed
+	rm -rf build/chaos
+	$(BIN)/python -m pytest -q $(CHAOS_TESTS); status=$$?; $(BIN)/python bench/chaos_report.py || status=1; exit $$status
