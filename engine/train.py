@@ -117,7 +117,11 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
     cache = Path(spec.data.cache_dir) if spec.data.cache_dir else state_home() / "datasets"
     data_dir = prepare(spec.data.sources, tokenizer, cache, spec.data.val_fraction, spec.data.chunk_bytes, log=say)
 
+    # every RNG a checkpoint saves starts from the seed, so an uninterrupted run and a resumed one agree bit
+    # for bit in all of it (the process-random numpy/python states would differ between any two runs)
     torch.manual_seed(spec.seed)
+    np.random.seed(spec.seed % 2**32)
+    random.seed(spec.seed)
     cfg, init_ckpt = resolve_model_config(spec, tokenizer.vocab_size)
     seq_len = spec.seq_len or cfg.block_size
     if seq_len > cfg.block_size:
