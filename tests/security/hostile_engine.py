@@ -1,7 +1,7 @@
 """An engine stand-in for the hostile-input tests: `python hostile_engine.py KIND --config FILE --out DIR`.
 It honours docs/engine-contract.md just enough (metrics, progress, result.json) and puts the config's
 `echo` text wherever a stage's own text reaches the user: stdout and stderr lines, metric split names,
-artifact names, the result summary and, with `exit_code`, the `error:` line the failure reason is taken
+artifact names, input paths (lineage), the result summary (a value and a table row) and, with `exit_code`, the `error:` line the failure reason is taken
 from. Config: the keys of tests/service/fake_specs.FakeStage (echo, steps, exit_code)."""
 from __future__ import annotations
 
@@ -38,7 +38,9 @@ def main(argv: list[str]) -> int:
     art = out / "artifacts" / "notes.txt"
     art.parent.mkdir(parents=True, exist_ok=True)
     art.write_text(text)
-    write(out / "result.json", json.dumps({"kind": kind, "summary": {"note": text, "steps": steps},
+    write(out / "result.json", json.dumps({"kind": kind, "summary": {"note": text, "steps": steps,
+                                                                      "rows": [{"label": text, "loss": 1.0}]},
+                                           "inputs": [f"/data/{text}"],
                                            "artifacts": [{"name": text[:100] or "notes", "type": "text",
                                                           "path": "artifacts/notes.txt"}]}))
     return 0
