@@ -93,7 +93,8 @@ def test_api_sigkill_during_a_submission_burst_loses_and_duplicates_nothing(tmp_
         replayed = sum(1 for _, status in acked.values() if status == 200)  # committed, answer lost with the API
         figures.update(faults_injected=len(acked_at_kill), submissions=total, acknowledged=len(acked), acked_before_kill=acked_at_kill,
                        found=found, duplicates=duplicates, lost=len(acked) - found, jobs_in_db=sum(by_name.values()),
-                       answered_by_replay=replayed, **counts)
+                       answered_by_replay=replayed, http_5xx=counts["http_5xx"],
+                       transport_errors=counts["transport_errors"])
         assert len(acked) == total
         assert found == len(acked)
         assert duplicates == 0 and set(by_name) == set(keys)
