@@ -1,12 +1,11 @@
 """Architecture arithmetic: parameter counts, FLOPs per token, training memory, and the shapes
-that fit a parameter budget (the paper's depth-versus-width study)."""
+that fit a parameter budget (the paper's depth-versus-width study). Imports torch only where it measures,
+so that spec validation (engine/spec.py, also run by the service) can use the arithmetic."""
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass
-
-import torch
 
 from engine.config import ModelConfig, ffn_size
 
@@ -79,9 +78,10 @@ def shapes_for_budget(budget: float, vocab: int, tolerance: float = 0.1, heads_d
     return out
 
 
-@torch.no_grad()
 def forward_latency_ms(cfg: ModelConfig, seq_len: int = 128, batch: int = 1, device="cpu", repeats: int = 3) -> float:
     """Measured forward latency of a randomly initialised model (depth costs serial time)."""
+    import torch
+
     from engine.model import GPT
 
     with torch.device("meta"):  # skip the random init of a possibly 1B-parameter model: only speed matters here
@@ -90,20 +90,24 @@ def forward_latency_ms(cfg: ModelConfig, seq_len: int = 128, batch: int = 1, dev
     for p in model.parameters():
         p.data.fill_(0.01)
     idx = torch.randint(0, cfg.vocab_size, (batch, seq_len), device=device)
-    model(idx)  # warm up
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        model(idx)
-        best = min(best, time.perf_counter() - t)
+    with torch.no_grad():
+        model(idx)  # warm up
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            model(idx)
+            best = min(best, time.perf_counter() - t)
     return best * 1e3
 
 
 _PEAK_CACHE: dict[tuple[str, str], float] = {}
 
 
-def measured_matmul_peak(device: str = "cpu", dtype=torch.bfloat16, n: int = 1024, seconds: float = 0.5) -> float:
-    """FLOP/s of a square matmul on this device and dtype: the denominator of the MFU estimate."""
+def measured_matmul_peak(device: str = "cpu", dtype=None, n: int = 1024, seconds: float = 0.5) -> float:
+    """FLOP/s of a square matmul on this device and dtype (default bf16): the denominator of the MFU estimate."""
+    import torch
+
+    dtype = dtype or torch.bfloat16
     key = (str(device), str(dtype))
     if key not in _PEAK_CACHE:
         a = torch.randn(n, n, device=device, dtype=dtype)
