@@ -7,14 +7,38 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from engine.paths import BUNDLED_CORPUS
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 OpImpl = Literal["torch", "chunked", "triton", "liger", "npu"]
+MEMORY_LIMIT_ENV = "TINYFORGE_MEMORY_LIMIT_GB"
+COUNTER_MAX = 2**63 - 1  # token and FLOP counters are int64 in numpy/torch
+
+
+def plan_memory_limit() -> tuple[float, str]:
+    """(bytes, where it came from) a training job may plan for when its memory_limit_gb is unset:
+    $TINYFORGE_MEMORY_LIMIT_GB, else the RAM of the machine that validates. The validating machine need
+    not be the worker (a service in front of GPU workers): set the variable there to the largest worker's
+    memory. The worker checks again at start against its device's free memory (engine/train.py)."""
+    if os.environ.get(MEMORY_LIMIT_ENV):
+        return float(os.environ[MEMORY_LIMIT_ENV]) * 2**30, f"{MEMORY_LIMIT_ENV}"
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "memory_limit_gb unset: this machine's RAM"
+
+
+def human_bytes(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 / 10 else f"{n / 2**20:.1f} MiB"
+
+
+def field_error(model: str, field: str, value, message: str) -> ValidationError:
+    """A validation error located at `field` (a model validator's own errors would sit at the root)."""
+    return ValidationError.from_exception_data(model, [InitErrorDetails(
+        type=PydanticCustomError("size_limit", message), loc=(field,), input=value)])
 
 
 class Strict(BaseModel):
@@ -121,7 +145,62 @@ class TrainSpec(Strict):
         if self.nonfinite.policy == "skip" and self.parallel.strategy.startswith("zero"):
             raise ValueError("nonfinite.policy: skip cannot drop an update under ZeRO (DeepSpeed steps inside "
                              "the backward pass); use rollback or fail")
+        self._check_sizes()
         return self
+
+    def _planned_model(self):
+        """The model config this job will train, as far as validation can know it without loading files;
+        the vocabulary of a SentencePiece tokenizer counts as its smallest (the estimates are lower bounds)."""
+        from engine.config import model_config, padded_vocab
+        try:
+            if self.init.checkpoint:
+                from engine.config import ModelConfig
+                manifest = json.loads((Path(self.init.checkpoint) / "manifest.json").read_text())
+                return ModelConfig.from_dict(manifest["model_config"])
+            if self.init.hf_dir:
+                return None
+            vocab = 1
+            if self.data.tokenizer == "byte":
+                from engine.tokenizers import ByteTokenizer
+                vocab = ByteTokenizer().vocab_size
+            return model_config(self.model.preset, vocab_size=padded_vocab(vocab), **self.model.overrides)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # a missing file or a bad preset is reported where it is used, with its own message
+
+    def _check_sizes(self):
+        """Refuse what cannot fit: a counter overflow, parameters or a training-memory estimate over the
+        limit (memory_limit_gb, else plan_memory_limit()). The estimate is a lower bound (engine/arch.py)."""
+        from engine.arch import count_params, training_memory_bytes
+        name = type(self).__name__
+        cfg = self._planned_model()
+        seq_len = self.seq_len or (cfg.block_size if cfg else 1)
+        if self.steps and self.steps * self.batch_size * seq_len > COUNTER_MAX:
+            field = "steps" if self.steps >= self.batch_size else "batch_size"
+            raise field_error(name, field, getattr(self, field),
+                              f"steps x batch_size x seq_len = {self.steps:.3g} x {self.batch_size:.3g} x {seq_len} "
+                              f"tokens overflows a 64-bit counter; lower {field}")
+        if cfg is None:
+            return
+        limit, source = ((self.memory_limit_gb * 2**30, "memory_limit_gb") if self.memory_limit_gb
+                         else plan_memory_limit())
+        where = f"the limit {human_bytes(limit)} ({source})"
+        n = count_params(cfg).total
+        sharded = self.parallel.strategy.startswith("zero")  # over an unknown number of devices: not counted
+        if not sharded and 16 * n > limit:
+            raise field_error(name, "model", self.model.model_dump(),
+                              f"{f'{n / 1e9:.2f}B' if n >= 1e9 else f'{n / 1e6:.1f}M'} parameters need {human_bytes(16 * n)} for weights, gradients "
+                              f"and AdamW moments (16 bytes each) alone, over {where}")
+        fused = self.ops.get("linear_cross_entropy", "chunked") != "torch"  # unfused logits only when forced
+        need = training_memory_bytes(cfg, self.micro_batch, seq_len, self.precision != "fp32", fused)
+        total = need["total"] - (need["weights_grads_optimizer"] if sharded else 0)
+        if total > limit:
+            raise field_error(name, "micro_batch", self.micro_batch,
+                              f"training memory estimate {human_bytes(total)} (weights+optimizer "
+                              f"{human_bytes(0 if sharded else need['weights_grads_optimizer'])}, activations "
+                              f"{human_bytes(need['activations'])}, logits {human_bytes(need['logits'])} at "
+                              f"micro_batch={self.micro_batch}, seq_len={seq_len}; batch_size={self.batch_size}) "
+                              f"exceeds {where}; lower micro_batch (batch_size is reached by accumulation) "
+                              "or seq_len")
 
 
 STAGE_SPECS: dict[str, str] = {
