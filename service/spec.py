@@ -187,7 +187,7 @@ def parse_body(body: bytes, content_type: str | None) -> Any:
                 raise SpecError([_err(("body",) + loc, f"{what} is not a JSON value (quote it)", "json_type")])
         return data
     try:
-        return json.loads(text, parse_constant=_no_constant)
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
     except _NonFinite as exc:
         raise SpecError([_err(("body",), f"invalid JSON: {exc} is not accepted", "json_invalid")]) from None
     except json.JSONDecodeError as exc:
@@ -203,6 +203,13 @@ class _NonFinite(ValueError):
 
 def _no_constant(name: str):
     raise _NonFinite(name)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 overflows to infinity, which no JSON answer can carry back
+        raise _NonFinite(text if len(text) <= 40 else text[:40] + "...")
+    return value
 
 
 class _NonStringKey:
@@ -287,13 +294,19 @@ def _is_path_key(key) -> bool:
 
 
 def check_path(value: str, roots: tuple[Path, ...], must_exist: bool, cwd: Path) -> str:
-    p = Path(value).expanduser()
-    p = (p if p.is_absolute() else cwd / p).resolve()  # resolves symlinks and ..
-    if not any(p == r or p.is_relative_to(r) for r in roots):
-        raise ValueError(f"{value!r} resolves to {p}, outside the data roots "
+    shown = repr(value if len(value) <= 300 else value[:300] + "...")
+    try:
+        p = Path(value).expanduser()
+        p = (p if p.is_absolute() else cwd / p).resolve()  # resolves symlinks and ..
+        inside = any(p == r or p.is_relative_to(r) for r in roots)
+        missing = inside and must_exist and not p.exists()
+    except (OSError, RuntimeError, ValueError) as exc:  # a symlink loop, a name too long, a NUL byte, ~nobody
+        raise ValueError(f"{shown} is not a usable path: {exc}") from None
+    if not inside:
+        raise ValueError(f"{shown} resolves to {p}, outside the data roots "
                          f"({':'.join(map(str, roots))}; set TINYFORGE_DATA_ROOTS)")
-    if must_exist and not p.exists():
-        raise ValueError(f"{value!r}: {p} does not exist")
+    if missing:
+        raise ValueError(f"{shown}: {p} does not exist")
     return str(p)
 
 

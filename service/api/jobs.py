@@ -18,6 +18,7 @@ from service.spec import SpecError, parse_body
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
 ERRORS = AUTH_ERRORS
+MAX_LABEL_FILTERS = 50  # = the most labels a job may have
 BODY_ERRORS = {**ERRORS, 413: {"model": schemas.ValidationErrorOut}, 422: {"model": schemas.ValidationErrorOut}}
 # the body is read by hand (JSON or YAML), so describe it for the OpenAPI spec
 SPEC_BODY = {"requestBody": {"required": True, "content": {
@@ -60,9 +61,12 @@ def list_jobs(request: Request,
                                          pattern=r"^(queued|running|succeeded|failed|cancelled)"
                                                  r"(,(queued|running|succeeded|failed|cancelled))*$"),
               name: str | None = Query(None, max_length=200, description="exact name, or a pattern with *"),
-              label: list[str] = Query([], description="key or key=value; repeat to require several"),
+              label: list[str] = Query([], description="key or key=value; repeat to require several (at most 50)"),
               limit: int = Query(50, ge=1, le=500),
               cursor: str | None = Query(None, max_length=64, description="next_cursor of the previous page")):
+    if len(label) > MAX_LABEL_FILTERS:  # each is a subquery: thousands would exceed the database's expression limits
+        raise SpecError([{"loc": ["query", "label"], "msg": f"at most {MAX_LABEL_FILTERS} label filters, got "
+                                                           f"{len(label)}", "type": "too_long"}])
     labels = []
     for item in label:
         key, sep, value = item.partition("=")
