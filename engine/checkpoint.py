@@ -52,6 +52,28 @@ def _fsync(path: Path):
         os.close(fd)
 
 
+class _WriteAll:
+    """The file torch.save writes to: every byte or an OSError, remembered. Through a path, or a buffered
+    file, a full disk reaches torch as a short write and surfaces only as a RuntimeError about positions."""
+
+    def __init__(self, raw):
+        self.raw, self.error = raw, None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        size = view.nbytes
+        try:
+            while view.nbytes:
+                view = view[self.raw.write(view):]
+        except OSError as exc:
+            self.error = exc
+            raise
+        return size
+
+    def flush(self) -> None:
+        pass
+
+
 def save(root: Path, step: int, objects: dict[str, object], meta: dict, keep: int | None = None) -> Path:
     """Write `objects` (file stem -> picklable state) as checkpoint `step`. On any error (disk full,
     ...) the temporary directory is removed and earlier checkpoints are untouched."""
@@ -60,13 +82,15 @@ def save(root: Path, step: int, objects: dict[str, object], meta: dict, keep: in
     final = root / f"step_{step:08d}"
     tmp = root / f".{final.name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    writer = None
     try:
         tmp.mkdir()
         files = {}
         for stem, obj in objects.items():
             path = tmp / f"{stem}.pt"
-            with open(path, "wb") as f:  # a file object: a full disk raises ENOSPC, a path only RuntimeError
-                torch.save(obj, f)
+            with open(path, "wb", buffering=0) as raw:
+                writer = _WriteAll(raw)
+                torch.save(obj, writer)
             _fsync(path)
             files[path.name] = sha256(path)
         manifest = {"step": step, "files": files, "created_at": time.time(), **meta}
@@ -79,8 +103,9 @@ def save(root: Path, step: int, objects: dict[str, object], meta: dict, keep: in
         _fsync(root)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            raise DiskFull(final, step) from exc
+        cause = writer.error if writer and writer.error else exc
+        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+            raise DiskFull(final, step) from cause
         raise
     if keep:
         for old in list_checkpoints(root)[:-keep]:
