@@ -3,7 +3,9 @@ file or a throw-away PostgreSQL schema), tokens of each scope, and the dashboard
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -50,6 +52,34 @@ def new_token(svc, scope: str, name: str = "") -> dict:
     return r.json()
 
 
+class VerboseService(Service):
+    """A `tinyforge serve` with its embedded worker, logging at DEBUG (the most it ever writes)."""
+
+    def __init__(self, home: Path, db_url: str, **env):
+        self.home, self.db_url = Path(home), db_url
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.env = svc_fixtures.base_env(self.home, db_url, **env)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.workers = []
+        self._log = open(self.home / f"serve-{self.port}.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "tinyforge.cli", "serve", "--port", str(self.port),
+                                      "--worker", "--devices", "cpu=1", "--log-level", "debug"],
+                                     env=self.env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 60
+        while True:
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("serve did not start:\n" + (self.home / f"serve-{self.port}.log").read_text())
+            time.sleep(0.1)
+        self.token = (self.home / "admin.token").read_text().strip()
+        self.http = httpx.Client(base_url=self.url, headers=bearer(self.token), timeout=30)
+
+
 @pytest.fixture
 def sqlite_service(tmp_path):
     """A fresh server (no worker) on its own SQLite file."""
@@ -59,9 +89,9 @@ def sqlite_service(tmp_path):
 
 
 @pytest.fixture
-def any_service(db_url, tmp_path):
-    """A fresh server (no worker) on SQLite and on PostgreSQL."""
-    svc = Service(tmp_path / "home", db_url)
+def verbose_service(db_url, tmp_path):
+    """A fresh server with its embedded worker, logging at DEBUG, on SQLite and on PostgreSQL."""
+    svc = VerboseService(tmp_path / "home", db_url)
     yield svc
     svc.close()
 
