@@ -20,11 +20,14 @@ from chaos_fixtures import PY, REPO, SAMPLE, ChaosService, consistency_problems,
 
 KILLS = 11
 STEPS = 80
-ORPHAN_DEADLINE_S = 15  # the engine's SIGTERM checkpoint takes well under a second on CPU
+ORPHAN_DEADLINE_S = 15  # the SIGTERM checkpoint and exit: about 3 s at most measured on a loaded 2-core box
 ORPHAN_STEPS = 3  # steps a killed worker's engine may still take: it finishes the one it is in, saves, exits
 # one CPU thread for the service's engine and the reference run alike: both compute the same sums
 ENGINE_ENV = {"TINYFORGE_STAGE_SPECS": "engine.spec:STAGE_SPECS", "TINYFORGE_ENGINE_COMMAND": f"{PY} -m tinyforge.cli",
-              "TINYFORGE_LEASE_S": "2", "OMP_NUM_THREADS": "1"}
+              "TINYFORGE_LEASE_S": "2", "OMP_NUM_THREADS": "1",
+              # how long the next attempt waits for a killed worker's engine to checkpoint and release the run
+              # directory is grace + lease: ample even on a loaded machine (measured: about 3 s at most)
+              "TINYFORGE_CANCEL_GRACE_S": "20"}
 
 
 def train_config() -> dict:
@@ -113,7 +116,7 @@ def test_sigkilled_workers_resume_training_bit_identically(tmp_path, figures):
                     assert time.time() < deadline, "the engine made no progress\n" + svc.logs_of_workers()
                     time.sleep(0.01)
                 moments.append(f"step {progress_step(run_dir, t_claim)}")
-            assert svc.job(job["id"])["status"] == "running", "the job finished before all kills: raise STEPS"
+            assert svc.job(job["id"])["status"] in ("running", "queued"), "the job ended before all kills: raise STEPS"
             engines = processes_in(run_dir)
             worker.send_signal(signal.SIGKILL)
             worker.wait()
