@@ -48,6 +48,8 @@ def cell(value) -> str:
 
 
 def total(runs: list[dict], key: str):
+    if key == "found":  # compared with the acknowledged total: only runs that count both
+        runs = [r for r in runs if "acknowledged" in r]
     values = [r[key] for r in runs if isinstance(r.get(key), (int, float)) and not isinstance(r.get(key), bool)]
     return sum(values) if values else None
 
