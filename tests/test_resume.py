@@ -1,5 +1,8 @@
-"""Stop-and-resume gives bit-identical weights and loss curve to an uninterrupted run (CPU)."""
+"""Stop-and-resume gives bit-identical weights, optimizer state and loss curve to an uninterrupted run
+(CPU): after SIGTERM, after SIGKILL at random moments (mid-checkpoint-write included), and after the newest
+checkpoints were corrupted (truncated, a flipped byte)."""
 import json
+import os
 import random
 import shutil
 import signal
@@ -8,12 +11,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 import yaml
 
 from engine import checkpoint as ckpt
 from engine.train import train
+from tests.chaos_record import record
 from tests.conftest import SAMPLE
+
+EXE = str(Path(sys.executable).with_name("tinyforge"))
 
 QUIET = dict(show_progress=False, log=lambda *a: None)
 
@@ -36,6 +44,30 @@ def assert_identical(a: Path, b: Path):
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k
     assert curve(a) == curve(b)
+
+
+def assert_same(a, b, where="state"):
+    """Bit-for-bit equality of nested checkpoint state (tensors, arrays, RNG tuples, numbers)."""
+    assert type(a) is type(b), f"{where}: {type(a)} vs {type(b)}"
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), where
+    elif isinstance(a, np.ndarray):
+        assert a.dtype == b.dtype and np.array_equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), f"{where}: keys {sorted(a)} vs {sorted(b)}"
+        for k in a:
+            assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} vs {b!r}"
+
+
+def final_checkpoint(run: Path) -> tuple[dict, dict]:
+    manifest, parts = ckpt.load(ckpt.list_checkpoints(run / "checkpoints")[-1])
+    return manifest, parts
 
 
 def test_resume_from_a_random_checkpoint_is_bit_identical(tmp_path, micro_spec):
@@ -76,3 +108,109 @@ def test_sigterm_saves_and_resumed_process_matches(tmp_path, micro_spec):
                    capture_output=True)
     train(spec, tmp_path / "full", **QUIET)
     assert_identical(tmp_path / "full", tmp_path / "cut")
+
+
+def write_config(path: Path, spec) -> Path:
+    path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    return path
+
+
+def last_logged_step(log: Path) -> int:
+    steps = [int(line.split()[1].split("/")[0]) for line in log.read_text().splitlines()
+             if line.startswith("step ") and "/" in line.split()[1]]
+    return steps[-1] if steps else 0
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_resumes_bit_identical(tmp_path, micro_spec):
+    """10 SIGKILLs of a real `tinyforge train` (half of them while a checkpoint is being written), each
+    followed by the same command again; the final weights, optimizer moments and RNG state, and every
+    logged loss (replayed steps included) equal an uninterrupted run's bit for bit."""
+    kills_wanted = 10
+    spec = micro_spec(steps=2 * kills_wanted + 4, checkpoint_every=2, keep_checkpoints=2, log_every=1,
+                      eval_every=8, backend="cpu")
+    config = write_config(tmp_path / "train.yaml", spec)
+    seed = int(os.environ.get("TINYFORGE_CHAOS_SEED") or random.SystemRandom().randrange(1 << 30))
+    rng = random.Random(seed)
+    t0 = time.time()
+    ref_log = open(tmp_path / "ref.log", "w")
+    reference = subprocess.Popen([EXE, "train", "--config", str(config), "--out", str(tmp_path / "ref"),
+                                  "--no-progress"], stdout=ref_log, stderr=subprocess.STDOUT)
+    cut, root = tmp_path / "cut", tmp_path / "cut" / "checkpoints"
+    kills, mid_write, attempts = 0, 0, 0
+    while kills < kills_wanted:
+        attempts += 1
+        log = tmp_path / f"attempt{attempts}.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen([EXE, "train", "--config", str(config), "--out", str(cut), "--no-progress"],
+                                    stdout=out, stderr=subprocess.STDOUT)
+        # kill i lands around step 2i+1..2i+2 of the schedule: in training, after a random extra delay,
+        # or the moment a checkpoint's temporary directory appears (mid-write)
+        target, at_write = 2 * kills + 1 + rng.randint(0, 1), rng.random() < 0.5
+        delay = rng.uniform(0, 0.3)
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline and last_logged_step(log) < target:
+            time.sleep(0.005)
+        if at_write:
+            while proc.poll() is None and time.time() < deadline and \
+                    not any(p.name.startswith(".step_") for p in (root.iterdir() if root.is_dir() else ())):
+                time.sleep(0.001)
+        else:
+            time.sleep(delay)
+        assert proc.poll() is None, f"seed {seed}: run ended before kill {kills + 1}:\n{log.read_text()[-2000:]}"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        mid_write += any(p.name.startswith(".step_") for p in root.iterdir())
+    final = subprocess.run([EXE, "train", "--config", str(config), "--out", str(cut), "--no-progress"],
+                           capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, f"seed {seed}: {final.stderr[-2000:]}"
+    assert reference.wait(timeout=300) == 0, (tmp_path / "ref.log").read_text()[-2000:]
+    ref_log.close()
+    seconds = time.time() - t0
+
+    assert not [p for p in root.iterdir() if p.name.startswith(".")], "temporary checkpoint directories left"
+    (m_ref, ref), (m_cut, got) = final_checkpoint(tmp_path / "ref"), final_checkpoint(cut)
+    assert m_ref["step"] == m_cut["step"] == spec.steps
+    assert_same(ref["model"], got["model"], "model")
+    assert_same(ref["train_state"], got["train_state"], "train_state")  # AdamW moments and step, RNG
+    expected = curve(tmp_path / "ref")
+    for line in (cut / "metrics.jsonl").read_text().splitlines():  # replayed steps logged again, identically
+        row = json.loads(line)
+        assert row["loss"] == expected[(row["split"], row["step"])], (seed, row)
+    resumed = [json.loads(line) for line in (cut / "events.jsonl").read_text().splitlines()]
+    assert sum(e["event"] == "resumed" for e in resumed) >= kills - 1  # a kill before the first checkpoint may not
+    record("engine_sigkill_resume", fault=f"SIGKILL of tinyforge train at random moments, then the same command "
+           f"again (seed {seed})", faults_injected=kills, mid_checkpoint_write_kills=mid_write,
+           jobs_completed=1, lost=0, bit_identical=True, restarts=attempts, seconds=round(seconds, 1))
+
+
+def test_corrupt_newest_checkpoints_are_detected_and_an_older_one_resumes(tmp_path, micro_spec):
+    """A flipped byte (step 8) and a truncated file (step 6): both fail their sha256, each is an event
+    `checkpoint_corrupt`, the run resumes from step 4 and ends with the same state as before the damage."""
+    spec = micro_spec(steps=8, checkpoint_every=2, keep_checkpoints=10, eval_every=4, backend="cpu")
+    run = tmp_path / "run"
+    train(spec, run, **QUIET)
+    root = run / "checkpoints"
+    _, before = final_checkpoint(run)
+    flipped, truncated = root / "step_00000008" / "model.pt", root / "step_00000006" / "train_state.pt"
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    flipped.write_bytes(bytes(data))
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    for damaged in (flipped, truncated):
+        with pytest.raises(ckpt.CheckpointError, match=f"{damaged.name} fails its sha256 checksum"):
+            ckpt.load(damaged.parent)
+    assert ckpt.latest_valid(root) == root / "step_00000004"
+
+    train(spec, run, **QUIET)
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    corrupt = [(e["path"], e["message"]) for e in events if e["event"] == "checkpoint_corrupt"]
+    assert [p for p, _ in corrupt] == [str(flipped.parent), str(truncated.parent)]
+    assert all("fails its sha256 checksum" in m for _, m in corrupt)
+    assert [e["message"] for e in events if e["event"] == "resumed"] == ["resumed from step 4"]
+    _, after = final_checkpoint(run)
+    assert_same(before, after)  # model, AdamW moments, RNG: as if nothing had happened
+    assert ckpt.latest_valid(root) == root / "step_00000008"
+    record("engine_checkpoint_corrupt", fault="newest checkpoints damaged: one flipped byte, one truncated file",
+           faults_injected=2, found=len(corrupt), lost=0, jobs_completed=1, resumed_from_step=4)
