@@ -74,7 +74,7 @@ def test_api_sigkill_during_a_submission_burst_loses_and_duplicates_nothing(tmp_
 
         # what the restarted server holds
         keys = [f"burst-{c}-{i}" for c in range(CLIENTS) for i in range(PER_CLIENT)]
-        found, replayed = 0, 0
+        found = 0
         for key in keys:  # a repeat with the same key answers the original job
             r = svc.http.post("/v1/jobs", json={"name": key, "labels": {"burst": "1"}, "stages": [stage(steps=1)]},
                               headers={"Idempotency-Key": key})
@@ -82,18 +82,17 @@ def test_api_sigkill_during_a_submission_burst_loses_and_duplicates_nothing(tmp_
             if key in acked and r.json()["id"] == acked[key][0]:
                 found += 1
         by_name = collections.Counter()
-        cursor = None
+        params = {"label": "burst=1", "limit": 500}
         while True:
-            page = svc.http.get("/v1/jobs", params={"label": "burst=1", "limit": 500, **({"cursor": cursor} if cursor
-                                                                                         else {})}).json()
+            page = svc.http.get("/v1/jobs", params=params).json()
             by_name.update(j["name"] for j in page["items"])
-            cursor = page["next_cursor"]
-            if not cursor:
+            if not page["next_cursor"]:
                 break
+            params["cursor"] = page["next_cursor"]
         duplicates = sum(n - 1 for n in by_name.values())
         replayed = sum(1 for _, status in acked.values() if status == 200)  # committed, answer lost with the API
-        figures.update(faults_injected=len(acked_at_kill), submissions=total, acknowledged=len(acked), acked_before_kill=acked_at_kill,
-                       found=found, duplicates=duplicates, lost=len(acked) - found, jobs_in_db=sum(by_name.values()),
+        figures.update(faults_injected=len(acked_at_kill), submissions=total, acknowledged=len(acked),
+                       acked_before_kill=acked_at_kill, found=found, duplicates=duplicates, lost=len(acked) - found, jobs_in_db=sum(by_name.values()),
                        answered_by_replay=replayed, http_5xx=counts["http_5xx"],
                        transport_errors=counts["transport_errors"])
         assert len(acked) == total
