@@ -187,8 +187,9 @@ class TrainSpec(Strict):
         n = count_params(cfg).total
         sharded = self.parallel.strategy.startswith("zero")  # over an unknown number of devices: not counted
         if not sharded and 16 * n > limit:
+            count = f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
             raise field_error(name, "model", self.model.model_dump(),
-                              f"{f'{n / 1e9:.2f}B' if n >= 1e9 else f'{n / 1e6:.1f}M'} parameters need {human_bytes(16 * n)} for weights, gradients "
+                              f"{count} parameters need {human_bytes(16 * n)} for weights, gradients "
                               f"and AdamW moments (16 bytes each) alone, over {where}")
         fused = self.ops.get("linear_cross_entropy", "chunked") != "torch"  # unfused logits only when forced
         need = training_memory_bytes(cfg, self.micro_batch, seq_len, self.precision != "fp32", fused)
