@@ -31,9 +31,9 @@ _SHORT = {"steps": 20, "micro_batch": 4, "batch_size": 8, "seq_len": 64, "eval_e
 QUICK = {"name": "demo-recipe-quick", "recipe": {
     "tokenizer": {"compact_vocab": 384},
     "parent": {"train": {**_SHORT, "model": {"preset": "micro"}}},
-    "inherit": {"child": {"preset": "micro", "n_layer": 1}, "calib": {"batches": 2, "seq_len": 64},
+    "inherit": {"child": {"preset": "micro", "n_layer": 1, "n_embd": 64}, "calib": {"batches": 2, "seq_len": 64},
                 "eval_batches": 2},
-    "round1": {**_SHORT, "model": {"preset": "micro"}},
+    "round1": _SHORT,
     "round2": {**_SHORT, "steps": 8},
     "eval": {"batches": 2}}}
 
@@ -266,6 +266,9 @@ def report(client: Client, job: dict, home: Path, url: str) -> str:
     hf_dir = _artifact(client, job["id"], "export", "hf_model")
     if hf_dir:
         lines.append(f"Hugging Face model: {_rel(hf_dir)}")
+    checkpoint = ((by.get("round2") or {}).get("summary") or {}).get("checkpoint")
+    if checkpoint:
+        lines.append(f"engine checkpoint: {_rel(checkpoint)} (tinyforge generate --checkpoint ... --prompt ...)")
     lines.append(f"dashboard: {url}/ui/#/jobs/{job['id']} (stopped with the demo; bring it back with "
                  f"`tinyforge serve --home {_rel(home)}`, then http://127.0.0.1:8080/ui/, "
                  f"token in {_rel(home / 'admin.token')})")
