@@ -183,8 +183,10 @@ def _die_with_parent(parent: int):
     and exits instead of running on unowned and writing into a run directory that the next attempt takes
     over. Checking the parent after prctl closes the window in which the worker died before it: the child
     was already reparented, and exits at once. (Unlike `setpriv --pdeathsig`, which leaves that window.)"""
+    prctl, sigterm = _PRCTL, int(signal.SIGTERM)  # the child (forked from a threaded worker) only calls
+
     def preexec() -> None:
-        _PRCTL(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        prctl(PR_SET_PDEATHSIG, sigterm, 0, 0, 0)
         if os.getppid() != parent:
             os._exit(75)
     return preexec
