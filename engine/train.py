@@ -246,7 +246,7 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
                          action="skip", count=n)
             return None
         events = nonfinite["events"]
-        back = restore(None)
+        back = restore(corrupt)
         if back is None:
             raise FloatingPointError(f"{what}: no valid checkpoint to roll back to")
         nonfinite["events"], nonfinite["lr_scale"] = events, nonfinite["lr_scale"] * spec.nonfinite.lr_factor
@@ -257,7 +257,7 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
         say(f"warning: {what}; rolled back to step {back}, learning rate x {nonfinite['lr_scale']:g}")
         return back
 
-    if spec.nonfinite.policy == "rollback" and not ckpt.list_checkpoints(ckpt_root):
+    if spec.nonfinite.policy == "rollback" and ckpt.latest_valid(ckpt_root) is None:
         save(0)  # something to roll back to before the first periodic checkpoint
     progress = _progress_bar(spec.steps, start_step, show_progress and world.is_main)
     tokens_per_step = spec.batch_size * seq_len
