@@ -25,7 +25,6 @@ from engine.data import (BatchSampler, SubsetSampler, TokenData, WindowSubsetSam
 from engine.model import GPT
 from engine.parallel import Parallel
 from engine.paths import state_home
-from engine.plots import loss_curve
 from engine.run_record import RunRecord, read_metrics
 from engine.spec import TrainSpec
 from engine.tokenizers import load_tokenizer
@@ -321,7 +320,10 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
     final = ckpt.list_checkpoints(ckpt_root)[-1]
     if not last_val:
         last_val = evaluate(model, val_data, spec.eval_batches, spec.micro_batch, backend)
-    plot = loss_curve(read_metrics(out_dir), out_dir / "loss.png", "training loss") if world.is_main else None
+    plot = None
+    if world.is_main:
+        from engine.plots import loss_curve  # matplotlib: a second of start-up that only the end needs
+        plot = loss_curve(read_metrics(out_dir), out_dir / "loss.png", "training loss")
     summary = {"steps": spec.steps, "tokens": spec.steps * tokens_per_step, "params": counts.total,
                "val_loss": last_val.get("loss"), "val_ppl": last_val.get("ppl"), "val_bpb": last_val.get("bpb"),
                "flops": spec.steps * tokens_per_step * fpt, "checkpoint": str(final),
