@@ -167,8 +167,12 @@ class AttemptRunner:
             if time.time() > deadline:
                 os.close(fd)
                 return None
-            self._retrying(lambda: self._keep_lease(st, "" if said else f"stage {st.name}: waiting for a process "
-                                                   "of an earlier attempt to release the run directory"))
+            try:
+                self._retrying(lambda: self._keep_lease(st, "" if said else f"stage {st.name}: waiting for a "
+                                                       "process of an earlier attempt to release the run directory"))
+            except LeaseLost:
+                os.close(fd)  # a worker lives on after a lost attempt: do not leak the descriptor
+                raise
             said = True
             time.sleep(max(0.2, min(1.0, self.settings.heartbeat_s)))
 
