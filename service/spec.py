@@ -185,9 +185,9 @@ def parse_body(body: bytes, content_type: str | None) -> Any:
             if not isinstance(v, (str, int, float, bool, type(None))):
                 what = "a non-string key" if isinstance(v, _NonStringKey) else f"a {type(v).__name__}"
                 raise SpecError([_err(("body",) + loc, f"{what} is not a JSON value (quote it)", "json_type")])
-        return data
+        return _storable(data)
     try:
-        return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+        return _storable(json.loads(text, parse_constant=_no_constant, parse_float=_finite_float))
     except _NonFinite as exc:
         raise SpecError([_err(("body",), f"invalid JSON: {exc} is not accepted", "json_invalid")]) from None
     except json.JSONDecodeError as exc:
@@ -199,6 +199,40 @@ def parse_body(body: bytes, content_type: str | None) -> Any:
 
 class _NonFinite(ValueError):
     pass
+
+
+def _storable(data):
+    """Refuse, naming where, text a database cannot store: a NUL character (PostgreSQL text cannot hold
+    one) or a lone surrogate such as JSON's "\\ud800" (not encodable as UTF-8)."""
+    def problem(text: str) -> str | None:
+        if "\x00" in text:
+            return "NUL characters are not accepted"
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "not valid Unicode text (a lone surrogate)"
+        return None
+
+    def find(value, loc):
+        if isinstance(value, str):
+            if (msg := problem(value)) is not None:
+                yield loc, msg
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                key = str(k).encode("utf-8", "backslashreplace").decode()  # a loc must be answerable too
+                if isinstance(k, str) and (msg := problem(k)) is not None:
+                    yield loc + (key,), msg
+                yield from find(v, loc + (key,))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                yield from find(v, loc + (i,))
+    try:
+        bad = list(find(data, ("body",)))
+    except RecursionError:
+        raise SpecError([_err(("body",), "body nested too deeply", "json_invalid")]) from None
+    if bad:
+        raise SpecError([_err(loc, msg, "string_unstorable") for loc, msg in bad[:20]])
+    return data
 
 
 def _no_constant(name: str):

@@ -6,6 +6,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.api.schemas import MessageOut
 from service.auth import Principal
+from service.spec import SpecError
 
 bearer = HTTPBearer(auto_error=False, description="an API token from `tinyforge token create`")
 
@@ -20,8 +21,19 @@ def require(scope: str):
             raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
         if not principal.allows(scope):
             raise HTTPException(403, f"this token's scope ({principal.scope}) does not allow this; it needs {scope}")
+        refuse_nul(request)
         return principal
     return check
+
+
+def refuse_nul(request: Request) -> None:
+    """PostgreSQL text cannot hold a NUL character (a query with one fails): refuse it in path and query
+    parameters as a 422 naming the parameter, on every database alike."""
+    bad = [("path", k) for k, v in request.path_params.items() if isinstance(v, str) and "\x00" in v]
+    bad += [("query", k) for k, v in request.query_params.multi_items() if "\x00" in v]
+    if bad:
+        raise SpecError([{"loc": list(loc), "msg": "NUL characters are not accepted", "type": "string_nul"}
+                         for loc in dict.fromkeys(bad)])
 
 
 def json_answer(model, description: str) -> dict:

@@ -19,6 +19,7 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
 
 ERRORS = AUTH_ERRORS
 MAX_LABEL_FILTERS = 50  # = the most labels a job may have
+MAX_ID = 2**62  # ids and cursors fit a signed 64-bit column
 BODY_ERRORS = {**ERRORS, 413: {"model": schemas.ValidationErrorOut}, 422: {"model": schemas.ValidationErrorOut}}
 # the body is read by hand (JSON or YAML), so describe it for the OpenAPI spec
 SPEC_BODY = {"requestBody": {"required": True, "content": {
@@ -35,7 +36,8 @@ async def _body(request: Request):
                                              "request with the same Idempotency-Key and body"},
                         409: {"model": schemas.MessageOut}})
 async def submit_job(request: Request,
-                     idempotency_key: str | None = Header(None, alias="Idempotency-Key", min_length=1, max_length=255),
+                     idempotency_key: str | None = Header(None, alias="Idempotency-Key", min_length=1, max_length=255,
+                                                          pattern=r"^[^\x00-\x1f\x7f]+$"),
                      principal: Principal = Depends(require("submit"))):
     """Submit a job (JSON, or YAML with Content-Type application/yaml). With an Idempotency-Key, a
     repeat with the same body returns the original job (200) and another body is refused (409)."""
@@ -99,7 +101,7 @@ def retry_job(request: Request, job_id: str):
 
 @router.get("/jobs/{job_id}/events", response_model=list[schemas.EventOut], dependencies=[READ],
             responses={**ERRORS, 404: {"model": schemas.MessageOut}})
-def job_events(request: Request, job_id: str, after: int = Query(0, ge=0, le=2**62),
+def job_events(request: Request, job_id: str, after: int = Query(0, ge=0, le=MAX_ID),
                limit: int = Query(1000, ge=1, le=10000)):
     return jobs.events(request.app.state.db, job_id, after, limit)
 
@@ -109,7 +111,7 @@ def job_events(request: Request, job_id: str, after: int = Query(0, ge=0, le=2**
                        200: {"model": schemas.LogsOut, "content": {"text/event-stream": {}},
                              "description": "JSON, or server-sent events with follow=true or "
                                             "Accept: text/event-stream"}})
-async def job_logs(request: Request, job_id: str, follow: bool = False, after: int = Query(0, ge=0, le=2**62),
+async def job_logs(request: Request, job_id: str, follow: bool = False, after: int = Query(0, ge=0, le=MAX_ID),
                    stage: str | None = Query(None, max_length=64),
                    stream: str | None = Query(None, pattern="^(stdout|stderr|system)$"),
                    limit: int = Query(1000, ge=1, le=10000),
@@ -118,8 +120,9 @@ async def job_logs(request: Request, job_id: str, follow: bool = False, after: i
     reconnect with Last-Event-ID to continue after the last line received; the stream ends with an
     `end` event once the job is finished and every line has been sent."""
     db = request.app.state.db
-    if last_event_id and last_event_id.strip().isdigit():
-        after = int(last_event_id)
+    resume = (last_event_id or "").strip()
+    if resume.isascii() and resume.isdigit() and int(resume) <= MAX_ID:  # anything else is not an id we sent
+        after = int(resume)
     lines, status = await run_in_threadpool(logs.read, db, job_id, after, limit, stage, stream)
     if not follow and "text/event-stream" not in request.headers.get("accept", ""):
         return {"lines": lines, "next_after": lines[-1]["id"] if lines else after, "job_status": status}

@@ -89,6 +89,14 @@ def sqlite_service(tmp_path):
 
 
 @pytest.fixture
+def any_service(db_url, tmp_path):
+    """A fresh server (no worker) on SQLite and on PostgreSQL."""
+    svc = Service(tmp_path / "home", db_url)
+    yield svc
+    svc.close()
+
+
+@pytest.fixture
 def verbose_service(db_url, tmp_path):
     """A fresh server with its embedded worker, logging at DEBUG, on SQLite and on PostgreSQL."""
     svc = VerboseService(tmp_path / "home", db_url)
