@@ -1,6 +1,7 @@
 """An engine stand-in for the hostile-input tests: `python hostile_engine.py KIND --config FILE --out DIR`.
 It honours docs/engine-contract.md just enough (metrics, progress, result.json) and puts the config's
-`echo` text wherever a stage's own text reaches the user: stdout and stderr lines, metric split names,
+`echo` text wherever a stage's own text reaches the user: stdout and stderr lines (and one line of raw
+bytes: a NUL and invalid UTF-8), metric split names,
 artifact names, input paths (lineage), the result summary (a value and a table row) and, with `exit_code`, the `error:` line the failure reason is taken
 from. Config: the keys of tests/service/fake_specs.FakeStage (echo, steps, exit_code)."""
 from __future__ import annotations
@@ -28,6 +29,7 @@ def main(argv: list[str]) -> int:
     steps = int(cfg.get("steps", 2))
     print(f"stdout says: {text}", flush=True)
     print(f"stderr says: {text}", file=sys.stderr, flush=True)
+    os.write(1, b"raw bytes: \x00 \xff\xfe\n")  # what a stage dumping binary prints: a NUL, no UTF-8
     with open(out / "metrics.jsonl", "a") as f:
         for step in range(1, steps + 1):
             f.write(json.dumps({"step": step, "split": "train", "loss": 1.0 / step}) + "\n")
