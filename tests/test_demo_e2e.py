@@ -80,3 +80,29 @@ def test_quick_demo_runs_the_recipe_through_the_service(tmp_path):
     finally:
         serve.terminate()
         serve.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_the_job_and_stops_every_process(tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group) during the parent stage: the job ends cancelled, so
+    the next demo does not resume it first, and neither the server nor a stage is left running."""
+    import signal
+
+    home, log = tmp_path / "home", tmp_path / "demo.out"
+    with open(log, "w") as out:
+        demo = subprocess.Popen([str(Path(sys.executable).with_name("tinyforge")), "demo", "--quick", "--home",
+                                 str(home)], stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        deadline = time.time() + 300
+        while "[parent]  running  step" not in log.read_text():
+            assert time.time() < deadline and demo.poll() is None, log.read_text()
+            time.sleep(0.3)
+        os.killpg(demo.pid, signal.SIGINT)
+        assert demo.wait(timeout=120) == 130
+    assert "cancelled" in log.read_text()
+    with sqlite3.connect(home / "tinyforge.db") as db:
+        assert db.execute("SELECT status FROM jobs").fetchall() == [("cancelled",)]
+        assert dict(db.execute("SELECT name, status FROM stages").fetchall())["parent"] == "cancelled"
+    left = subprocess.run(["pgrep", "-f", str(home)], capture_output=True, text=True).stdout.split()
+    assert left == [], subprocess.run(["ps", "-o", "pid,args", "-p", ",".join(left)], capture_output=True,
+                                      text=True).stdout

@@ -44,6 +44,13 @@ def _rel(path) -> str:
     return str(p.relative_to(Path.cwd())) if p.is_relative_to(Path.cwd()) else str(p)
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the demo dies, however it dies (Linux prctl)."""
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -61,10 +68,11 @@ class EmbeddedService:
         env.pop("TINYFORGE_TOKEN", None)  # the demo uses this home's admin token
         self._log = open(self.log_path, "ab")
         # cwd: relative paths in the spec (data/sample) resolve against the repository
+        # its own session: a Ctrl-C reaches only the demo, which cancels the job before stopping the server
         self.proc = subprocess.Popen([sys.executable, "-m", "tinyforge.cli", "serve", "--home", str(home),
                                       "--port", str(port), "--log-level", "warning"],
                                      cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
 
     def wait_ready(self, timeout: float = 120) -> None:
         import httpx
@@ -145,33 +153,40 @@ def _live_table(job: dict, losses: dict):
     return t
 
 
-def follow(client: Client, job_id: str, live: bool, poll_s: float = 1.0) -> dict:
+def follow(client: Client, job_id: str, live: bool, poll_s: float = 1.0, alive=lambda: True) -> dict:
     """Poll the job until it ends; a rich live table on a terminal, plain progress lines otherwise."""
+    import httpx
     losses: dict[str, float] = {}
     printed: dict[str, tuple] = {}
     last_print = 0.0
+    job: dict = {}
 
     def refresh() -> dict:
-        job = client.get(job_id)
-        for st in job["stages"]:
-            if st["status"] == "running" or (st["status"] == "succeeded" and st["name"] not in losses
-                                              and st["kind"] in ("train", "rounds")):
-                loss = _last_loss(client, job_id, st["name"])
-                if loss is not None:
-                    losses[st["name"]] = loss
+        nonlocal job
+        try:
+            job = client.get(job_id)
+            for st in job["stages"]:
+                if st["status"] == "running" or (st["status"] == "succeeded" and st["name"] not in losses
+                                                  and st["kind"] in ("train", "rounds")):
+                    loss = _last_loss(client, job_id, st["name"])
+                    if loss is not None:
+                        losses[st["name"]] = loss
+        except httpx.TransportError:  # a slow answer on a busy machine: keep the last view, ask again
+            if not alive():
+                raise
         return job
 
+    while not refresh():
+        time.sleep(poll_s)
     if live:
         from rich.live import Live
-        job = refresh()
         with Live(_live_table(job, losses), refresh_per_second=2, transient=False) as view:
             while job["status"] not in TERMINAL:
                 time.sleep(poll_s)
-                job = refresh()
-                view.update(_live_table(job, losses))
+                view.update(_live_table(refresh(), losses))
         return job
     while True:
-        job = refresh()
+        refresh()
         now = time.time()
         for st in job["stages"]:
             if st["status"] == "pending":
@@ -277,6 +292,23 @@ def report(client: Client, job: dict, home: Path, url: str) -> str:
 
 # ------------------------------------------------------------------ the command
 
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt
+
+
+def cancel(client: Client, job_id: str, timeout: float = 60) -> None:
+    """Cancel and wait for the end: the stage gets SIGTERM and checkpoints before the server stops."""
+    for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut this short
+        signal.signal(sig, signal.SIG_IGN)
+    try:
+        client.cancel(job_id)
+        deadline = time.time() + timeout
+        while client.get(job_id)["status"] not in TERMINAL and time.time() < deadline:
+            time.sleep(0.5)
+    except Exception as exc:  # noqa: BLE001 - the server is being stopped anyway
+        click.echo(f"cancel: {exc}", err=True)
+
+
 @click.command()
 @click.option("--spec", "spec_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=DEMO_SPEC,
               show_default=True, help="the recipe job to submit")
@@ -300,20 +332,25 @@ def demo(spec_path, quick, home, port, live, engine_only, steps):
         spec_path.parent.mkdir(exist_ok=True)
         spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
     live = sys.stdout.isatty() if live is None else live
+    signal.signal(signal.SIGTERM, _interrupted)  # `kill` ends the demo as Ctrl-C does: job cancelled
     svc = EmbeddedService(home, port or free_port())
     click.echo(f"tinyforge serve on {svc.url} (SQLite and runs in {_rel(home)}, log "
                f"{_rel(svc.log_path)})")
+    job = None
     try:
         svc.wait_ready()
         client = Client(svc.url, (home / "admin.token").read_text().strip())
         job, _ = client.submit(spec_path)
         click.echo(f"submitted {_rel(spec_path)} as job {job['id']}: "
                    + " -> ".join(st["name"] for st in job["stages"]))
-        job = follow(client, job["id"], live)
+        job = follow(client, job["id"], live, alive=lambda: svc.proc.poll() is None)
         click.echo(report(client, job, home, svc.url))
     except KeyboardInterrupt:
-        click.echo(f"\ninterrupted: the running stage is preempted and the job requeued; "
-                   f"`tinyforge serve --home {_rel(home)}` resumes it", err=True)
+        if job is not None:  # cancelled rather than left queued, so the next demo does not resume it first
+            cancel(client, job["id"])
+            click.echo(f"\ninterrupted: job {job['id']} cancelled (the running stage saved a checkpoint); "
+                       f"`tinyforge jobs retry {job['id']}` under `tinyforge serve --home {_rel(home)}` resumes it",
+                       err=True)
         sys.exit(130)
     finally:
         svc.stop()
