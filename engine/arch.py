@@ -110,8 +110,9 @@ def measured_matmul_peak(device: str = "cpu", dtype=None, n: int = 1024, seconds
     dtype = dtype or torch.bfloat16
     key = (str(device), str(dtype))
     if key not in _PEAK_CACHE:
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
+        g = torch.Generator().manual_seed(0)  # its own: the training RNG state must not depend on this cache
+        a = torch.randn(n, n, generator=g).to(device, dtype)
+        b = torch.randn(n, n, generator=g).to(device, dtype)
         a @ b
         iters, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
