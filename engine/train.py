@@ -168,7 +168,6 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
     if spec.compile:
         model.compile()
     par = Parallel(model, optimizer, spec, world, backend)
-    # measured before any resume: it draws random numbers, which must not follow the restored RNG state
     peak = measured_matmul_peak(str(backend.device), backend.autocast_dtype or torch.float32, n=512, seconds=0.2)
 
     ckpt_root = out_dir / "checkpoints"
