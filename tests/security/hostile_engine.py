@@ -1,9 +1,9 @@
 """An engine stand-in for the hostile-input tests: `python hostile_engine.py KIND --config FILE --out DIR`.
 It honours docs/engine-contract.md just enough (metrics, progress, result.json) and puts the config's
-`echo` text wherever a stage's own text reaches the user: stdout and stderr lines (and one line of raw
-bytes: a NUL and invalid UTF-8), metric split names,
-artifact names, input paths (lineage), the result summary (a value and a table row) and, with `exit_code`, the `error:` line the failure reason is taken
-from. Config: the keys of tests/service/fake_specs.FakeStage (echo, steps, exit_code)."""
+`echo` text wherever a stage's own text reaches the user: stdout and stderr lines, the progress phase,
+an artifact name, an input path (lineage), the result summary (a value and a table row) and, with
+`exit_code`, the `error:` line the failure reason is taken from. It also prints one line of raw bytes
+(a NUL, invalid UTF-8). Config: keys of tests/service/fake_specs.FakeStage (echo, steps, exit_code)."""
 from __future__ import annotations
 
 import json

@@ -11,7 +11,6 @@ import sqlite3
 import time
 
 import httpx
-import pytest
 
 from security_fixtures import bearer, new_token, stage
 

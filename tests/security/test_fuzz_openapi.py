@@ -1,8 +1,9 @@
 """Schemathesis (the `st` command) against the OpenAPI spec a real `tinyforge serve` publishes, every
 operation, with no token, a read token and an admin token, each on its own fresh server and database
-(SQLite; the read and admin runs on PostgreSQL too). Checks: no 5xx, and every answer's status code, content type and body are the ones
-the spec declares. The server is seeded first with a finished job (artifacts, logs, metrics), a failed
-one and a cancelled one, so the fuzzer reaches real objects through the ids that listings return.
+(SQLite; the read and admin runs on PostgreSQL too). Checks: no 5xx, and every answer's status code,
+content type and body are the ones the spec declares. The server is seeded first with a finished job
+(artifacts, logs, metrics), a failed one and a cancelled one, so the fuzzer reaches real objects through
+the ids that listings return.
 
 The admin run fuzzes `DELETE /v1/tokens/{token_id}` last, in a second pass of its own: revoking the
 fuzzer's own token mid-run would turn every later case into a 401 and hide the rest of the API."""
