@@ -102,3 +102,41 @@ def test_smoke_scale_runs_five_arms_at_equal_params_and_flops(tmp_path):
     result = json.loads((out / "result.json").read_text())
     assert result["kind"] == "ablate" and {a["name"] for a in result["artifacts"]} >= {"ablation", "plot"}
     assert "| 1 baseline |" in proc.stdout  # the table is printed
+
+
+def _service_helpers():
+    """tests/service/conftest.py's Service (a real `tinyforge serve` subprocess), under the name its
+    modules import it by."""
+    import importlib.util
+    import sys
+
+    if "service_test_fixtures" not in sys.modules:
+        path = REPO / "tests" / "service" / "conftest.py"
+        spec = importlib.util.spec_from_file_location("service_test_fixtures", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["service_test_fixtures"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["service_test_fixtures"]
+
+
+@pytest.mark.slow
+def test_ablate_stage_runs_through_the_service(tmp_path):
+    """POST /v1/jobs with a stage of kind ablate -> the worker runs `tinyforge ablate --config --out`."""
+    import sys
+
+    h = _service_helpers()
+    svc = h.Service(tmp_path / "home", f"sqlite:///{tmp_path / 'tf.db'}", embedded_worker=True,
+                    TINYFORGE_STAGE_SPECS="engine.spec:STAGE_SPECS",
+                    TINYFORGE_ENGINE_COMMAND=f"{sys.executable} -m tinyforge.cli", TINYFORGE_LEASE_S="60")
+    try:
+        job = svc.submit({"name": "ablate-smoke", "stages": [{"kind": "ablate", "config": {
+            "scale": "smoke", "baseline_steps": 10, "parent_steps": 10, "bytes_seeds": 0}}]})
+        done = svc.wait(job["id"], timeout=600)
+        assert done["status"] == "succeeded", (done, svc.logs_of_workers())
+        arts = {a["name"]: a for a in svc.http.get(f"/v1/jobs/{job['id']}/artifacts").json()}
+        assert {"ablation", "plot"} <= set(arts)
+        study = json.loads(Path(arts["ablation"]["path"]).read_text())
+        assert len(study["arms"]) == 5 and study["spec"]["baseline_steps"] == 10
+        assert all(a["bytes"] is None for a in study["arms"])  # bytes_seeds 0: no equal-bytes runs
+    finally:
+        svc.close()
