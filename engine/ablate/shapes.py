@@ -4,7 +4,7 @@ ablation's presets in engine/config.py are what this computes (tests/test_ablate
 from __future__ import annotations
 
 from engine.arch import count_params
-from engine.config import ModelConfig, model_config, padded_vocab
+from engine.config import ModelConfig, padded_vocab
 
 
 def match_shape(target: int, vocab: int, n_layer: int, head_dim: int, block_size: int,
@@ -55,7 +55,3 @@ def check_matched(configs: dict[str, ModelConfig], tolerance: float = 0.05) -> d
         raise ValueError("model.preset: parameter counts differ from the baseline's by more than "
                          f"{tolerance:.0%}: " + ", ".join(f"{n} {d:+.1%}" for n, d in bad.items()))
     return diffs
-
-
-def preset_config(name: str) -> ModelConfig:
-    return model_config(name)
