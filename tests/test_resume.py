@@ -115,6 +115,11 @@ def write_config(path: Path, spec) -> Path:
     return path
 
 
+def writing(root: Path) -> bool:
+    """A checkpoint is being written: its temporary directory exists."""
+    return root.is_dir() and any(p.name.startswith(".step_") for p in root.iterdir())
+
+
 def last_logged_step(log: Path) -> int:
     steps = [int(line.split()[1].split("/")[0]) for line in log.read_text().splitlines()
              if line.startswith("step ") and "/" in line.split()[1]]
@@ -149,13 +154,13 @@ def test_sigkill_at_random_moments_resumes_bit_identical(tmp_path, micro_spec):
         # kill i lands around step 2i+1..2i+2 of the schedule: in training, after a random extra delay,
         # or the moment a checkpoint's temporary directory appears (mid-write)
         target, at_write = 2 * kills + 1 + rng.randint(0, 1), rng.random() < 0.5
-        delay = rng.uniform(0, 0.3)
+        delay = rng.uniform(0, 0.03)  # within a step or two however fast the machine is
         deadline = time.time() + 120
         while proc.poll() is None and time.time() < deadline and last_logged_step(log) < target:
             time.sleep(0.005)
         if at_write:  # a write too quick to catch within 4 steps: kill where it is
             while proc.poll() is None and time.time() < deadline and last_logged_step(log) < target + 4 and \
-                    not any(p.name.startswith(".step_") for p in (root.iterdir() if root.is_dir() else ())):
+                    not writing(root):
                 time.sleep(0.001)
         else:
             time.sleep(delay)
@@ -163,7 +168,7 @@ def test_sigkill_at_random_moments_resumes_bit_identical(tmp_path, micro_spec):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += 1
-        mid_write += any(p.name.startswith(".step_") for p in root.iterdir())
+        mid_write += writing(root)
     final = subprocess.run([EXE, "train", "--config", str(config), "--out", str(cut), "--no-progress"],
                            capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, f"seed {seed}: {final.stderr[-2000:]}"
