@@ -189,7 +189,7 @@ def test_sigkill_at_random_moments_resumes_bit_identical(tmp_path, micro_spec):
     assert sum(e["event"] == "resumed" for e in resumed) >= kills - 1  # a kill before the first checkpoint may not
     record("engine_sigkill_resume", fault=f"SIGKILL of tinyforge train at random moments, then the same command "
            f"again (seed {seed})", faults_injected=kills, mid_checkpoint_write_kills=mid_write,
-           jobs_completed=1, lost=0, bit_identical=True, restarts=attempts, seconds=round(seconds, 1))
+           jobs_completed=1, lost=0, bit_identical=True, restarts=attempts, duration_s=round(seconds, 1))
 
 
 def test_corrupt_newest_checkpoints_are_detected_and_an_older_one_resumes(tmp_path, micro_spec):
