@@ -3,6 +3,7 @@ nonfinite.policy (injected by engine/faults.py), and absurd sizes refused when t
 import json
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,7 @@ def mount_tmpfs(path: Path, size: int) -> str | None:
 
 
 def test_disk_full_while_checkpointing_fails_cleanly_and_keeps_the_previous_checkpoint(tmp_path, micro_spec):
+    t0 = time.time()
     run = tmp_path / "run"
     root = run / "checkpoints"
     n = count_params(model_config("micro", vocab_size=padded_vocab(ByteTokenizer().vocab_size))).total
@@ -93,7 +95,8 @@ def test_disk_full_while_checkpointing_fails_cleanly_and_keeps_the_previous_chec
         assert [e["message"] for e in events(run, "resumed")] == ["resumed from step 2"]
         assert ckpt.latest_valid(root) == root / "step_00000006"
         record("engine_disk_full", fault="ENOSPC on a small tmpfs while writing a checkpoint", faults_injected=1,
-               found=1, lost=0, exit_code=proc.returncode, resumed_from_step=2, jobs_completed=1)
+               found=1, lost=0, exit_code=proc.returncode, resumed_from_step=2, jobs_completed=1,
+               duration_s=round(time.time() - t0, 1))
     finally:
         subprocess.run(["umount", str(root)], capture_output=True)
 
@@ -102,6 +105,7 @@ def test_disk_full_while_checkpointing_fails_cleanly_and_keeps_the_previous_chec
 
 
 def test_nonfinite_skip_drops_exactly_that_update(tmp_path, micro_spec, monkeypatch):
+    t0 = time.time()
     monkeypatch.setenv(faults.NONFINITE_ENV, "3")
     spec = micro_spec(steps=5, checkpoint_every=1, keep_checkpoints=10, log_every=1, eval_every=100,
                       backend="cpu", nonfinite={"policy": "skip"})
@@ -117,10 +121,11 @@ def test_nonfinite_skip_drops_exactly_that_update(tmp_path, micro_spec, monkeypa
               if json.loads(line)["split"] == "train"]
     assert logged == [1, 2, 4, 5]
     record("engine_nonfinite_skip", fault="NaN loss injected at step 3, policy skip", faults_injected=1, found=1,
-           lost=0, jobs_completed=1)
+           lost=0, jobs_completed=1, duration_s=round(time.time() - t0, 1))
 
 
 def test_nonfinite_rollback_reloads_lowers_the_lr_and_a_resume_keeps_it(tmp_path, micro_spec, monkeypatch):
+    t0 = time.time()
     monkeypatch.setenv(faults.NONFINITE_ENV, "5")
     spec = micro_spec(steps=8, checkpoint_every=2, keep_checkpoints=10, log_every=1, eval_every=100,
                       backend="cpu", nonfinite={"policy": "rollback", "lr_factor": 0.5})
@@ -150,7 +155,7 @@ def test_nonfinite_rollback_reloads_lowers_the_lr_and_a_resume_keeps_it(tmp_path
     tail = {r["step"]: r["lr"] for r in rows if r["split"] == "train" and r["step"] > 8}
     assert tail == {s: pytest.approx(0.5 * lr_at(s - 1, 10, longer, spec.optim.lr), rel=1e-12) for s in (9, 10)}
     record("engine_nonfinite_rollback", fault="NaN loss injected at step 5, policy rollback", faults_injected=1,
-           found=1, lost=0, jobs_completed=1)
+           found=1, lost=0, jobs_completed=1, duration_s=round(time.time() - t0, 1))
 
 
 def test_nonfinite_fail_stops_with_a_clear_reason(tmp_path, micro_spec):

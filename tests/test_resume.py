@@ -195,6 +195,7 @@ def test_sigkill_at_random_moments_resumes_bit_identical(tmp_path, micro_spec):
 def test_corrupt_newest_checkpoints_are_detected_and_an_older_one_resumes(tmp_path, micro_spec):
     """A flipped byte (step 8) and a truncated file (step 6): both fail their sha256, each is an event
     `checkpoint_corrupt`, the run resumes from step 4 and ends with the same state as before the damage."""
+    t0 = time.time()
     spec = micro_spec(steps=8, checkpoint_every=2, keep_checkpoints=10, eval_every=4, backend="cpu")
     run = tmp_path / "run"
     train(spec, run, **QUIET)
@@ -220,4 +221,5 @@ def test_corrupt_newest_checkpoints_are_detected_and_an_older_one_resumes(tmp_pa
     assert_same(before, after)  # model, AdamW moments, RNG: as if nothing had happened
     assert ckpt.latest_valid(root) == root / "step_00000008"
     record("engine_checkpoint_corrupt", fault="newest checkpoints damaged: one flipped byte, one truncated file",
-           faults_injected=2, found=len(corrupt), lost=0, jobs_completed=1, resumed_from_step=4)
+           faults_injected=2, found=len(corrupt), lost=0, jobs_completed=1, resumed_from_step=4,
+           duration_s=round(time.time() - t0, 1))
