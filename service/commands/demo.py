@@ -365,9 +365,9 @@ def demo(spec_path, quick, home, port, live, threads, engine_only, steps):
     except KeyboardInterrupt:
         if job is not None:  # cancelled rather than left queued, so the next demo does not resume it first
             cancel(client, job["id"])
-            click.echo(f"\ninterrupted: job {job['id']} cancelled (the running stage saved a checkpoint); "
-                       f"`tinyforge jobs retry {job['id']}` under `tinyforge serve --home {_rel(home)}` resumes it",
-                       err=True)
+            click.echo(f"\ninterrupted: job {job['id']} cancelled (a training stage keeps its checkpoint); with "
+                       f"`TINYFORGE_HOME={_rel(home)} tinyforge serve` running, `TINYFORGE_HOME={_rel(home)} "
+                       f"tinyforge jobs retry {job['id']}` resumes it", err=True)
         sys.exit(130)
     finally:
         svc.stop()
