@@ -30,7 +30,7 @@ def error_line(proc):
     ({"optim": {"lr": "fast"}}, 2, "optim.lr: Input should be a valid number"),
     ({"micro_batch": -1}, 2, "micro_batch: Input should be greater than 0"),
     ({"model": {"preset": "micro", "overrides": {"vocab_size": 100}}}, 2, "model.vocab_size: 100 is smaller"),
-    ({"micro_batch": 4, "memory_limit_gb": 0.001}, 3, "micro_batch: training needs an estimated"),
+    ({"micro_batch": 4, "memory_limit_gb": 0.001}, 2, "model: 0.1M parameters need 2.1 MiB"),
 ])
 def test_bad_config(tmp_path, patch, code, needle):
     proc = run_cli("train", "--config", write(tmp_path, {**BASE, **patch}), "--out", tmp_path / "run")

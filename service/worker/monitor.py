@@ -46,12 +46,20 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
 
 
+def _storable(text: str) -> str:
+    """A stage's output is stored as is but for NUL, which PostgreSQL text and jsonb refuse."""
+    return text.replace("\x00", "\ufffd")
+
+
 def _finite(value):
-    """NaN/infinity (json.loads accepts them) become None: JSON columns and responses refuse them."""
+    """NaN/infinity (json.loads accepts them) become None: JSON columns and responses refuse them.
+    Strings lose their NULs (see _storable)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, str):
+        return _storable(value)
     if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
+        return {_storable(str(k)): _finite(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_finite(v) for v in value]
     return value
@@ -93,13 +101,13 @@ class StageMonitor:
                 step = int(obj["step"])
             except (ValueError, KeyError, TypeError):
                 continue
-            split = str(obj.get("split", "train"))[:32]
+            split = _storable(str(obj.get("split", "train"))[:32])
             t = obj.get("time") if isinstance(obj.get("time"), (int, float)) else None
             for key, value in obj.items():
                 if key in ("step", "split", "time") or isinstance(value, bool) or not isinstance(value, (int, float)):
                     continue
                 if math.isfinite(value):
-                    points.append({"job_id": self.job.id, "stage_id": self.st.id, "split": split, "key": key[:64],
+                    points.append({"job_id": self.job.id, "stage_id": self.st.id, "split": split, "key": _storable(key[:64]),
                                    "step": step, "value": float(value), "time": t})
         return points, self.offset + end
 
@@ -205,7 +213,8 @@ class StageMonitor:
         return self.r._retrying(lambda: self._record_exit(rc))
 
     def _take_lines(self, final: bool = False) -> None:
-        for item in (self.proc.drain_final() if final else self.proc.drain()):
+        for stream, t, text in (self.proc.drain_final() if final else self.proc.drain()):
+            item = (stream, t, _storable(text))
             self.lines.append(item)
             if item[0] == "stderr":
                 self.stderr_tail.append(item[2])

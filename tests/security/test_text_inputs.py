@@ -70,10 +70,7 @@ def stage_db(request, tmp_path):
     yield from svc_fixtures._db_url(request.param, tmp_path)
 
 
-@pytest.mark.parametrize("stage_db", ["sqlite", pytest.param("postgresql", marks=pytest.mark.xfail(
-    strict=True, reason="known: the worker stores stage output as is, and PostgreSQL refuses the NUL (the flush "
-                        "fails, the lease lapses, the job is restarted until it fails); service/worker/monitor.py"))],
-    indirect=True)
+@pytest.mark.parametrize("stage_db", ["sqlite", "postgresql"], indirect=True)
 def test_a_stage_printing_raw_bytes_still_succeeds(stage_db, tmp_path):
     """A stage's own output is not checked at the door: a NUL and invalid UTF-8 on its stdout must still be
     stored (as replacement characters) and must not cost the job its lease."""
