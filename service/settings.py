@@ -13,7 +13,8 @@ SAMPLE_CORPUS = Path(__file__).resolve().parents[1] / "data" / "sample"
 
 
 def default_home() -> Path:
-    return Path(os.environ.get("TINYFORGE_HOME") or Path.home() / ".tinyforge").expanduser()
+    # the engine's default too (engine/paths.py): `tinyforge serve` in a checkout shows what `make demo` ran
+    return Path(os.environ.get("TINYFORGE_HOME") or ".tinyforge").expanduser().resolve()
 
 
 @dataclass(frozen=True)

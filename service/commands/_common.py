@@ -12,7 +12,7 @@ from service.settings import Settings
 
 def settings_options(fn):
     @click.option("--home", type=click.Path(path_type=Path), default=None,
-                  help="state directory (env TINYFORGE_HOME; default ~/.tinyforge)")
+                  help="state directory (env TINYFORGE_HOME; default ./.tinyforge)")
     @click.option("--database-url", default=None,
                   help="sqlite:///FILE or postgresql://... (env TINYFORGE_DATABASE_URL; default SQLite in home)")
     @functools.wraps(fn)
