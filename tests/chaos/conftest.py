@@ -7,7 +7,6 @@ bench/chaos_report.py (recorded even when the test fails, with passed=false)."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import shutil
 import signal
@@ -19,24 +18,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.fixture_modules import load as _load
+
 # test modules import these helpers as `chaos_fixtures` (a bare `conftest` is ambiguous)
 if __name__ in sys.modules:
     sys.modules.setdefault("chaos_fixtures", sys.modules[__name__])
 
 HERE = Path(__file__).resolve().parent
 TESTS = HERE.parent
-
-
-def _load(name: str, path: Path):
-    """Import a helper module by path under a unique name (a bare `conftest` would be ambiguous)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 svc_fixtures = _load("service_test_fixtures", TESTS / "service" / "conftest.py")
 chaos_record = _load("chaos_record", TESTS / "chaos_record.py")

@@ -2,14 +2,13 @@
 file or a throw-away PostgreSQL schema), tokens of each scope, and the dashboard tests' chromium."""
 from __future__ import annotations
 
-import importlib.util
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.fixture_modules import load as _load
 
 # test modules import these helpers as `security_fixtures` (a bare `conftest` is ambiguous)
 if __name__ in sys.modules:
@@ -17,19 +16,6 @@ if __name__ in sys.modules:
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-
-
-def _load(name: str, path: Path):
-    """A conftest.py of another test directory under its own module name (a bare `conftest` import
-    resolves to whichever conftest.py was imported last)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 svc_fixtures = _load("service_test_fixtures", REPO / "tests" / "service" / "conftest.py")
 Service, stage, free_port = svc_fixtures.Service, svc_fixtures.stage, svc_fixtures.free_port
@@ -52,32 +38,9 @@ def new_token(svc, scope: str, name: str = "") -> dict:
     return r.json()
 
 
-class VerboseService(Service):
+def debug_logging_service(home: Path, db_url: str, **env) -> Service:
     """A `tinyforge serve` with its embedded worker, logging at DEBUG (the most it ever writes)."""
-
-    def __init__(self, home: Path, db_url: str, **env):
-        self.home, self.db_url = Path(home), db_url
-        self.home.mkdir(parents=True, exist_ok=True)
-        self.env = svc_fixtures.base_env(self.home, db_url, **env)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.workers = []
-        self._log = open(self.home / f"serve-{self.port}.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "tinyforge.cli", "serve", "--port", str(self.port),
-                                      "--worker", "--devices", "cpu=1", "--log-level", "debug"],
-                                     env=self.env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 60
-        while True:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError("serve did not start:\n" + (self.home / f"serve-{self.port}.log").read_text())
-            time.sleep(0.1)
-        self.token = (self.home / "admin.token").read_text().strip()
-        self.http = httpx.Client(base_url=self.url, headers=bearer(self.token), timeout=30)
+    return Service(home, db_url, embedded_worker=True, log_level="debug", serve_args=("--devices", "cpu=1"), **env)
 
 
 @pytest.fixture
@@ -99,7 +62,7 @@ def any_service(db_url, tmp_path):
 @pytest.fixture
 def verbose_service(db_url, tmp_path):
     """A fresh server with its embedded worker, logging at DEBUG, on SQLite and on PostgreSQL."""
-    svc = VerboseService(tmp_path / "home", db_url)
+    svc = debug_logging_service(tmp_path / "home", db_url)
     yield svc
     svc.close()
 

@@ -99,7 +99,8 @@ def base_env(home: Path, db_url: str, **extra) -> dict:
 class Service:
     """A `tinyforge serve` subprocess and the workers started for it."""
 
-    def __init__(self, home: Path, db_url: str, embedded_worker: bool = False, **env):
+    def __init__(self, home: Path, db_url: str, embedded_worker: bool = False, log_level: str = "warning",
+                 serve_args: tuple[str, ...] = (), **env):
         self.home, self.db_url = Path(home), db_url
         self.home.mkdir(parents=True, exist_ok=True)
         self.env = base_env(self.home, db_url, **env)
@@ -108,7 +109,8 @@ class Service:
         self.workers: list[subprocess.Popen] = []
         self._log = open(self.home / f"serve-{self.port}.log", "ab")
         self.proc = subprocess.Popen([PY, "-m", "tinyforge.cli", "serve", "--port", str(self.port),
-                                      "--worker" if embedded_worker else "--no-worker", "--log-level", "warning"],
+                                      "--worker" if embedded_worker else "--no-worker", "--log-level", log_level,
+                                      *serve_args],
                                      env=self.env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.time() + 60
         while True:
