@@ -3,6 +3,7 @@ tests that only need *a* checkpoint."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
+# Debian's chromium, driven by Playwright (its own browser download does not work here)
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -51,3 +55,28 @@ def trained_run(tmp_path_factory, micro_spec):
     out = tmp_path_factory.mktemp("trained_run")
     result = train(micro_spec(), out, show_progress=False, log=lambda *a: None)
     return out, result
+
+
+# one browser for the whole session: a second sync Playwright in the same thread refuses to start
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    if not CHROMIUM.exists():
+        if shutil.which("apt-get") is None or os.geteuid() != 0:
+            pytest.skip("/usr/bin/chromium is missing and apt-get cannot install it here (needs root)")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for cmd in (["apt-get", "update", "-q"],
+                    ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium", "fonts-dejavu-core"]):
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+            if proc.returncode != 0:
+                pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return CHROMIUM
+
+
+@pytest.fixture(scope="session")
+def browser(chromium):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra: pip install -e '.[dev]'")
+    pw = sync_api.sync_playwright().start()
+    b = pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True)
+    yield b
+    b.close()
+    pw.stop()

@@ -1,22 +1,23 @@
 """Fixtures of the dashboard tests: Debian's chromium (installed with apt-get when missing) driven by
 Playwright, and a real `tinyforge serve` with its embedded worker running the real engine commands
-(the Service helper of tests/service). Screenshots go to tests/dashboard/artifacts/ and, with
+(the Service helper of tests/service). The browser fixtures are in tests/conftest.py. Screenshots go to tests/dashboard/artifacts/ and, with
 UPDATE_DOCS_SCREENSHOTS=1, to docs/img/."""
 from __future__ import annotations
 
 import importlib.util
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+# test modules import these helpers as `dashboard_fixtures` (a bare `conftest` is ambiguous)
+if __name__ in sys.modules:
+    sys.modules.setdefault("dashboard_fixtures", sys.modules[__name__])
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 ARTIFACTS = Path(os.environ.get("DASHBOARD_ARTIFACTS", HERE / "artifacts"))
 DOCS_IMG = REPO / "docs" / "img"
 
@@ -36,30 +37,6 @@ FAKE_ENGINE_DIR = REPO / "tests" / "service"
 REAL_ENGINE = {"TINYFORGE_STAGE_SPECS": "engine.spec:STAGE_SPECS",
                "TINYFORGE_ENGINE_COMMAND": f"{sys.executable} -m tinyforge.cli",
                "TINYFORGE_LEASE_S": "60", "TINYFORGE_CANCEL_GRACE_S": "20", "TINYFORGE_HEARTBEAT_S": "0.5"}
-
-
-@pytest.fixture(scope="session")
-def chromium() -> Path:
-    if not CHROMIUM.exists():
-        if shutil.which("apt-get") is None or os.geteuid() != 0:
-            pytest.skip("/usr/bin/chromium is missing and apt-get cannot install it here (needs root)")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for cmd in (["apt-get", "update", "-q"],
-                    ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium", "fonts-dejavu-core"]):
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-            if proc.returncode != 0:
-                pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return CHROMIUM
-
-
-@pytest.fixture(scope="session")
-def browser(chromium):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra: pip install -e '.[dev]'")
-    pw = sync_api.sync_playwright().start()
-    b = pw.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True)
-    yield b
-    b.close()
-    pw.stop()
 
 
 def shot(page, name: str, docs: bool = False, full_page: bool = False) -> Path:

@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from conftest import HERE, Service, page_shot
+from dashboard_fixtures import HERE, Service, page_shot
 
 pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra: pip install -e '.[dev]'")
 from playwright.sync_api import expect  # noqa: E402

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import REAL_ENGINE, REPO, Service, page_shot, shot
+from dashboard_fixtures import REAL_ENGINE, REPO, Service, page_shot, shot
 
 pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra: pip install -e '.[dev]'")
 from playwright.sync_api import expect  # noqa: E402

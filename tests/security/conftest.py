@@ -1,5 +1,5 @@
 """Fixtures of the hostile-input tests: the real `tinyforge serve` of tests/service (Service, on a SQLite
-file or a throw-away PostgreSQL schema), tokens of each scope, and the dashboard tests' chromium."""
+file or a throw-away PostgreSQL schema), tokens of each scope (the browser fixtures are in tests/conftest.py)."""
 from __future__ import annotations
 
 import sys
@@ -21,8 +21,6 @@ svc_fixtures = _load("service_test_fixtures", REPO / "tests" / "service" / "conf
 Service, stage, free_port = svc_fixtures.Service, svc_fixtures.stage, svc_fixtures.free_port
 db_url = svc_fixtures.db_url  # fixture: "sqlite" and "postgresql" (skipped without a server)
 record = _load("chaos_record", REPO / "tests" / "chaos_record.py").record  # figures for bench/chaos_report.py
-dash_fixtures = _load("dashboard_test_fixtures", REPO / "tests" / "dashboard" / "conftest.py")
-chromium, browser = dash_fixtures.chromium, dash_fixtures.browser  # fixtures: Debian's chromium via Playwright
 # engine stand-in that prints and records whatever text a job's config asks for (log lines, errors, artifacts)
 HOSTILE_ENGINE = f"{sys.executable} {HERE / 'hostile_engine.py'}"
 
