@@ -3,9 +3,10 @@ every number, and a bar chart in the style of the paper's improvement figure (he
 per cumulative arm, with the change from the previous arm written over each bar)."""
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
+
+from engine.run_record import write_json_atomic
 
 KEYS = ("steps", "tokens", "bytes", "flops", "extra_flops", "val_loss", "val_bpb", "seconds")
 
@@ -103,7 +104,7 @@ def plot(study: dict, path: Path) -> Path:
 
 def write(study: dict, out: Path) -> dict[str, Path]:
     paths = {"json": out / "ablation.json", "md": out / "ablation.md", "png": out / "ablation.png"}
-    paths["json"].write_text(json.dumps(study, indent=1, default=str))
+    write_json_atomic(paths["json"], study)
     paths["md"].write_text(f"# Ablation ({study['spec']['scale']})\n\n{headline(study)}\n\n{table(study)}\n\n"
                            "![ablation](ablation.png)\n")
     plot(study, paths["png"])
