@@ -6,6 +6,7 @@ implementation of every operator; `ops` overrides pick another implementation pe
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -65,7 +66,7 @@ class Backend:
                 "ops": dict(self.ops.chosen), **self.notes}
 
 
-def resolve(requested: str = "auto", precision: str = "bf16", op_overrides: dict[str, str] | None = None,
+def resolve(requested: str = "auto", precision: str = "auto", op_overrides: dict[str, str] | None = None,
             local_rank: int = 0) -> Backend:
     name = detect() if requested == "auto" else requested
     if name not in DEFAULT_IMPLEMENTATIONS:
@@ -78,29 +79,98 @@ def resolve(requested: str = "auto", precision: str = "bf16", op_overrides: dict
     unknown = set(overrides) - set(OP_NAMES)
     if unknown:
         raise ValueError(f"ops: unknown operator(s) {sorted(unknown)}; known: {list(OP_NAMES)}")
-    chosen = {**DEFAULT_IMPLEMENTATIONS[name], **overrides}
-    notes = {}
+    from engine.distributed import bind_device
+    device = bind_device(name, local_rank)  # current before any kernel, probe or process group touches it
+    defaults, notes = DEFAULT_IMPLEMENTATIONS[name], {}
     if name == "npu":
         from npu_kernels.runtime import configure_npu
         notes = configure_npu()
-        device = torch.device("npu", local_rank)
-    elif name == "cuda":
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
-    dtype = _autocast_dtype(name, precision)
+        defaults = npu_defaults(notes["npu_device"])
+    chosen = {**defaults, **overrides}
+    dtype, why = choose_precision(name, precision)
+    notes = {**notes, "precision_choice": why}
+    if precision == "bf16" and name == "cpu" and not bf16_native("cpu"):
+        log.warning("precision: %s", why)
     backend = Backend(name, device, build_table(name, chosen), dtype, PROCESS_GROUP_BACKEND[name], notes)
     log.info("backend %s", backend.describe())
     return backend
+
+
+# Measured on a 2-core AMD EPYC Zen 3 (AVX2, no AVX512-BF16/AMX): bf16 matmul 0.8 GFLOP/s, fp32 100 GFLOP/s.
+NON_NATIVE_BF16_SLOWDOWN = "about 100x slower matmuls than fp32 (0.8 vs 100 GFLOP/s measured on an AVX2 CPU)"
+
+
+def bf16_native(device_type: str) -> bool:
+    """Whether the device computes bf16 natively, as torch reports it. CPU: oneDNN's bf16 check
+    (torch.ops.mkldnn._is_mkldnn_bf16_supported(): AVX512-class x86, or ARM with bf16); CUDA/NPU:
+    is_bf16_supported(). Tests monkeypatch this function to inject the answer."""
+    try:
+        if device_type == "cpu":
+            return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        if device_type in ("cuda", "npu"):
+            return bool(getattr(torch, device_type).is_bf16_supported())
+    except Exception as exc:  # pragma: no cover - an old torch or a broken accelerator runtime
+        log.debug("bf16 capability check failed on %s: %s", device_type, exc)
+    return False
+
+
+def choose_precision(name: str, precision: str) -> tuple[torch.dtype | None, str]:
+    """(autocast dtype or None for fp32, the reason, for the log and the run record).
+    auto: bf16 where the device computes it natively, else fp32 (CPU, a 910A NPU, a CUDA
+    device without bf16; fp16 is refused, see FP16_REFUSED)."""
+    if precision == "auto":
+        if bf16_native(name):
+            how = "torch.ops.mkldnn._is_mkldnn_bf16_supported()" if name == "cpu" else f"torch.{name}.is_bf16_supported()"
+            return torch.bfloat16, f"auto -> bf16: {name} computes bf16 natively ({how} is True)"
+        if name == "npu":
+            return None, "auto -> fp32: this NPU has no bf16 (910A), and fp16 is refused (no loss scaling)"
+        if name == "cpu":
+            return None, ("auto -> fp32: this CPU has no native bf16 (torch.ops.mkldnn._is_mkldnn_bf16_supported() "
+                          f"is False); bf16 autocast would mean {NON_NATIVE_BF16_SLOWDOWN}")
+        return None, f"auto -> fp32: {name} reports no bf16 support"
+    dtype = _autocast_dtype(name, precision)
+    why = f"{precision} as configured"
+    if precision == "bf16" and name == "cpu" and not bf16_native("cpu"):
+        why = (f"bf16 as configured, but this CPU has no native bf16: expect {NON_NATIVE_BF16_SLOWDOWN}; "
+               "precision: auto (or fp32) chooses fp32 here")
+    return dtype, why
 
 
 def _autocast_dtype(name: str, precision: str) -> torch.dtype | None:
     if precision == "fp32":
         return None
     if precision == "bf16":
-        if name == "npu" and not torch.npu.is_bf16_supported():  # 910A: fp16 with loss scaling
-            return torch.float16
+        if name == "npu" and not torch.npu.is_bf16_supported():
+            raise ValueError("precision: bf16 is not supported by this Ascend chip (910A); use auto or fp32")
         return torch.bfloat16
     if precision == "fp16":
-        return torch.float16
-    raise ValueError(f"precision: unknown precision {precision!r}; choose bf16, fp16 or fp32")
+        raise ValueError(FP16_REFUSED)
+    raise ValueError(f"precision: unknown precision {precision!r}; choose auto, bf16 or fp32")
+
+
+# fp16 needs dynamic loss scaling on every path, and the chunked loss keeps its logit gradient (values
+# around 1/(tokens x vocab), e.g. 4e-9) in the logits' dtype, where fp16 flushes it to zero. Neither is
+# implemented, so fp16 is refused rather than silently training on zero gradients.
+FP16_REFUSED = ("precision: fp16 is not supported (no loss scaling, and the fused loss's logit gradient "
+                "underflows in fp16); use bf16, or fp32 where the device has no bf16 (auto chooses)")
+
+# torch_npu operators documented for Atlas A2 (910B) and A3 (910C) only (npu_swiglu,
+# npu_fusion_attention): on the first 910 (910A, "Atlas training series") the reference runs instead.
+A2_ONLY_NPU_OPS = ("swiglu", "attention")
+
+
+def npu_generation(device_name: str) -> str:
+    """'a2+' for Atlas A2/A3 chips (Ascend910B1..B4, Ascend910_93xx), 'a1' for the first 910
+    (Ascend910A, Ascend910B, 910ProA/ProB, 910PremiumA) and anything unrecognised."""
+    if re.fullmatch(r"Ascend910B\d.*|Ascend910_\d+.*", device_name.strip()):
+        return "a2+"
+    return "a1"
+
+
+def npu_defaults(device_name: str) -> dict[str, str]:
+    """The default npu table for this chip: A2-only operators fall back to the reference on older chips."""
+    chosen = dict(DEFAULT_IMPLEMENTATIONS["npu"])
+    if npu_generation(device_name) != "a2+":
+        chosen.update({op: "torch" for op in A2_ONLY_NPU_OPS})
+        log.info("npu %s predates Atlas A2: %s use the reference implementation", device_name, A2_ONLY_NPU_OPS)
+    return chosen

@@ -122,7 +122,8 @@ class TrainSpec(Strict):
     seq_len: PositiveInt | None = Field(None, description="default: the model's block_size")
     seed: int = 1337
     backend: Literal["auto", "cpu", "cuda", "npu"] = "auto"
-    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="auto: bf16 where the device computes it natively, else fp32 on a CPU (engine/backend.py)")
     ops: dict[Literal["rms_norm", "rotary", "swiglu", "attention", "linear_cross_entropy", "adamw"], OpImpl] = \
         Field(default_factory=dict, description="per-operator implementation overrides")
     compile: bool = Field(False, description="torch.compile the model (applied from outside the model)")

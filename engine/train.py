@@ -202,6 +202,8 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
                  tokens_per_step=spec.batch_size * seq_len, device_peak_flops=peak)
     say(f"model {counts.total / 1e6:.2f}M params ({counts.embedding_share:.0%} embedding+head), "
         f"backend {backend.describe()}")
+    say(f"{'warning: ' if 'expect' in backend.notes['precision_choice'] else ''}precision "
+        f"{backend.describe()['precision']}: {backend.notes['precision_choice']}")
 
     stop = {"flag": False}
     in_main_thread = threading.current_thread() is threading.main_thread()  # signals only install there
