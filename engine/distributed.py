@@ -24,19 +24,38 @@ def world_from_env() -> World:
                  int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def init(world: World, backend_name: str, single_process_group: bool = False) -> None:
+def bind_device(kind: str, local_rank: int) -> torch.device:
+    """This rank's device, made current. Triton (and Liger) launch on the current device, not the
+    tensors', and HCCL wants torch.npu.set_device before the process group starts: without this every
+    rank but 0 would launch its kernels on device 0 with pointers into its own device."""
+    if kind == "cpu":
+        return torch.device("cpu")
+    module = getattr(torch, kind)
+    count = module.device_count()
+    if local_rank >= count:
+        raise RuntimeError(f"backend: local rank {local_rank} has no {kind} device (this process sees {count}; "
+                           "check CUDA_VISIBLE_DEVICES / ASCEND_RT_VISIBLE_DEVICES and --nproc_per_node)")
+    device = torch.device(kind, local_rank)
+    module.set_device(device)
+    return device
+
+
+def init(world: World, backend_name: str, single_process_group: bool = False,
+         device: torch.device | None = None) -> None:
     """Join the process group when launched by torchrun; `single_process_group` makes a group of one
-    for a single process that still needs one (DeepSpeed ZeRO, which otherwise looks for MPI)."""
+    for a single process that still needs one (DeepSpeed ZeRO, which otherwise looks for MPI).
+    `device` (an accelerator already made current by bind_device) binds the group to it."""
     if dist.is_initialized():
         return
+    bound = {"device_id": device} if device is not None and device.type != "cpu" else {}
     if world.size > 1:
-        dist.init_process_group(backend=backend_name)
+        dist.init_process_group(backend=backend_name, **bound)
     elif single_process_group:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
         for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
             os.environ.setdefault(key, value)
-        dist.init_process_group(backend=backend_name, rank=0, world_size=1)
+        dist.init_process_group(backend=backend_name, rank=0, world_size=1, **bound)
 
 
 def _free_port() -> int:

@@ -7,16 +7,23 @@ Written against the op-plugin documentation for torch 2.13 / torch_npu 2.13 / CA
 - swiglu: torch_npu.npu_swiglu(x, dim=-1): silu of the first half times the second ([gate, up])
 - attention: torch_npu.npu_fusion_attention, arguments from npu_kernels.fusion_attention
 - linear_cross_entropy: the plain-torch chunked version (no fused linear+CE kernel in torch_npu)
-- adamw: torch.optim.AdamW(fused=True), which torch_npu dispatches to its fused ApplyAdamW kernel
+- adamw: torch.optim.AdamW(fused=True), which torch_npu dispatches to its fused ApplyAdamW kernel; where
+  that fails (a torch_npu without the kernel refuses fused=True, or fails at the first step) foreach
+On a chip before Atlas A2 (910A) engine/backend.py picks the reference swiglu and attention: npu_swiglu
+and npu_fusion_attention are documented for A2/A3 only.
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 
+from engine import ops as reference
 from engine.chunked_ops import linear_cross_entropy
-from engine.ops import fused_adamw
 from npu_kernels.fusion_attention import causal_mask, fusion_attention_args
 from npu_kernels.runtime import torch_npu_module
+
+log = logging.getLogger(__name__)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -51,5 +58,33 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     return out.transpose(1, 2) if back else out
 
 
+class _FusedOrForeachAdamW(torch.optim.AdamW):
+    """AdamW(fused=True) that switches to foreach if the fused kernel fails at its first step."""
+
+    def step(self, closure=None):
+        if getattr(self, "_checked", False):
+            return super().step(closure)
+        try:
+            out = super().step(closure)
+        except (RuntimeError, NotImplementedError) as exc:
+            log.warning("adamw: the fused kernel failed on its first step (%s); using foreach", exc)
+            for group in self.param_groups:
+                group["fused"], group["foreach"] = False, True
+            self.defaults.update(fused=False, foreach=True)
+            out = super().step(closure)
+        self._checked = True
+        return out
+
+
+def adamw(param_groups, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.1):
+    """Fused AdamW where torch_npu provides it, else the reference (foreach) one."""
+    groups = list(param_groups)
+    try:
+        return _FusedOrForeachAdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, NotImplementedError) as exc:  # the constructor refuses devices without the kernel
+        log.warning("adamw: fused=True refused here (%s); using foreach", exc)
+        return reference.adamw(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
 OPERATORS = {"rms_norm": rms_norm, "rotary": rotary, "swiglu": swiglu, "attention": attention,
-             "linear_cross_entropy": linear_cross_entropy, "adamw": fused_adamw}
+             "linear_cross_entropy": linear_cross_entropy, "adamw": adamw}

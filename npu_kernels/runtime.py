@@ -58,8 +58,10 @@ def configure_npu() -> dict:
         cann = get_cann_version(module="CANN")
     except Exception as exc:  # older torch_npu has no get_cann_version
         cann = f"unknown ({type(exc).__name__})"
+    current = torch.npu.current_device()  # this rank's device, made current by engine.distributed.bind_device
     info = {"torch": torch.__version__, "torch_npu": getattr(torch_npu, "__version__", "unknown"), "cann": cann,
-            "npu_device": torch.npu.get_device_name(0), "npu_count": torch.npu.device_count(),
+            "npu_device": torch.npu.get_device_name(current), "npu_index": current,
+            "npu_count": torch.npu.device_count(),
             "bf16_supported": bool(torch.npu.is_bf16_supported()),
             "visible_devices": os.environ.get("ASCEND_RT_VISIBLE_DEVICES"), **timeouts}
     log.info("npu runtime %s", info)
