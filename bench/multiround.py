@@ -49,7 +49,7 @@ COMMON = dict(model={"preset": "tiny"}, data={"sources": [SAMPLE], "probe_batche
               micro_batch=MICRO, precision="fp32", backend="cpu", log_every=20, eval_every=20,
               eval_batches=16, keep_checkpoints=1)  # 16 x 16 windows cover the whole validation split
 VARIANTS = {"hard": dict(strategy="hard"), "hard/seq": dict(strategy="hard", granularity="sequence"),
-            "hard/continue": dict(strategy="hard", lr_schedule="continue"),
+            "hard/constant": dict(strategy="hard", lr_schedule="constant"),
             "uniform": dict(strategy="uniform"), "uniform'": dict(strategy="uniform", sample_seed=2),
             "fresh": dict(strategy="fresh")}
 

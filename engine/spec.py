@@ -75,6 +75,10 @@ class OptimSpec(Strict):
     grad_clip: float = Field(1.0, ge=0)
     lr_scaling_base_batch: PositiveInt | None = Field(
         None, description="if set, lr = lr x (global_batch / base)^0.5")
+    schedule_steps: PositiveInt | None = Field(
+        None, description="length of the warmup + cosine schedule in steps of the whole run, counted from the start "
+                          "of the run this one continues (init.continue_run); past it the learning rate stays at its "
+                          "floor. Default: this run's own end, or, when continuing, the schedule the checkpoint recorded")
 
 
 class ParallelSpec(Strict):
@@ -86,6 +90,9 @@ class ParallelSpec(Strict):
 class InitSpec(Strict):
     checkpoint: str | None = Field(None, description="engine checkpoint directory (e.g. an inherited child)")
     hf_dir: str | None = Field(None, description="Hugging Face Llama directory")
+    continue_run: bool = Field(False, description="continue the run that wrote init.checkpoint: load its AdamW "
+                                                  "moments too, count steps on from its step and follow its "
+                                                  "learning-rate schedule (multi-round training as one run)")
 
 
 class DistillSpec(Strict):
@@ -127,6 +134,9 @@ class TrainSpec(Strict):
     ops: dict[Literal["rms_norm", "rotary", "swiglu", "attention", "linear_cross_entropy", "adamw"], OpImpl] = \
         Field(default_factory=dict, description="per-operator implementation overrides")
     compile: bool = Field(False, description="torch.compile the model (applied from outside the model)")
+    deterministic: bool = Field(False, description="deterministic kernels (torch.use_deterministic_algorithms, "
+                                                   "math attention, CUBLAS_WORKSPACE_CONFIG): resume is bit-identical "
+                                                   "on a GPU too, at some speed; off, a GPU resume matches to a tolerance")
     log_every: PositiveInt = 10
     eval_every: PositiveInt = 100
     eval_batches: PositiveInt = 8
@@ -139,6 +149,8 @@ class TrainSpec(Strict):
     def _check(self):
         if self.init.checkpoint and self.init.hf_dir:
             raise ValueError("init: give either checkpoint or hf_dir, not both")
+        if self.init.continue_run and not self.init.checkpoint:
+            raise ValueError("init.continue_run: needs init.checkpoint (the run to continue)")
         if self.data.batch_ids and self.data.window_ids:
             raise ValueError("data: give either batch_ids or window_ids, not both")
         if self.batch_size % self.micro_batch:

@@ -17,7 +17,7 @@ import torch
 
 from engine import checkpoint as ckpt
 from engine import distributed, faults
-from engine.arch import count_params, flops_per_token, measured_matmul_peak, training_memory_bytes
+from engine.arch import count_params, flops_per_token, training_memory_bytes
 from engine.backend import Backend, resolve
 from engine.config import ModelConfig, model_config, padded_vocab, replace
 from engine.data import (BatchSampler, SubsetSampler, TokenData, WindowSubsetSampler, load_batch_ids, prepare,
@@ -25,6 +25,7 @@ from engine.data import (BatchSampler, SubsetSampler, TokenData, WindowSubsetSam
 from engine.model import GPT
 from engine.parallel import Parallel
 from engine.paths import state_home
+from engine.peaks import device_peak
 from engine.run_record import RunRecord, read_metrics
 from engine.spec import TrainSpec
 from engine.tokenizers import load_tokenizer
@@ -41,6 +42,19 @@ def lr_at(step: int, total: int, spec: TrainSpec, base_lr: float) -> float:
     floor = base_lr * spec.optim.min_lr_ratio
     progress = (step - warmup) / max(1, total - warmup)
     return floor + 0.5 * (base_lr - floor) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def lr_schedule(spec: TrainSpec, init_state: dict | None, init_step: int) -> dict:
+    """Where this run sits on its learning-rate schedule: `offset` (steps of the run it continues, added to
+    this run's step) and `total` (the schedule's length). A fresh run: offset 0, total = its steps. A
+    continued run (init.continue_run) follows the schedule its checkpoint recorded; one that had ended
+    leaves the learning rate at its floor. optim.schedule_steps sets the length either way."""
+    offset, total = 0, spec.steps
+    if init_state is not None:
+        before = init_state.get("schedule") or {"offset": 0, "total": init_step}
+        offset = before["offset"] + init_step
+        total = before["total"]
+    return {"offset": offset, "total": spec.optim.schedule_steps or total}
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -86,29 +100,38 @@ def available_memory_bytes(backend: Backend) -> float:
 
 @torch.no_grad()
 def evaluate(model, data: TokenData, n_batches: int, micro_batch: int, backend: Backend, windows=None) -> dict:
-    """Mean loss over the first n_batches x micro_batch windows of `data` (or the given windows)."""
+    """Held-out metrics over the first n_batches x micro_batch windows of `data` (or the given windows):
+    mean loss (nats/token), perplexity, and bits-per-byte = summed loss / ln 2 / the UTF-8 bytes of exactly
+    the target tokens scored (data.token_bytes; engine/tokenizers.py token_byte_lengths has the convention),
+    with `tokens` and `bytes` the counts scored."""
     model.eval()
     windows = np.arange(min(len(data), n_batches * micro_batch)) if windows is None else np.asarray(windows)
     if len(windows) == 0:
         model.train()
         return {}
-    total, count = 0.0, 0
+    total, count, n_bytes = 0.0, 0, 0
     for start in range(0, len(windows), micro_batch):
         x, y = data.batch(windows[start:start + micro_batch])
         with backend.autocast():
             loss = model(x.to(backend.device), y.to(backend.device))
         total += loss.item() * y.numel()
         count += y.numel()
+        n_bytes += data.target_bytes(y)
     model.train()
     loss = total / count
-    return {"loss": loss, "ppl": math.exp(min(loss, 50)), "bpb": loss / math.log(2) / data.bytes_per_token}
+    return {"loss": loss, "ppl": math.exp(min(loss, 50)), "bpb": total / math.log(2) / n_bytes if n_bytes else math.nan,
+            "tokens": count, "bytes": n_bytes}
 
 
 def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = None, log=print) -> dict:
     out_dir = Path(out_dir)
     world = distributed.world_from_env()
+    if spec.deterministic:  # before the backend: cuBLAS reads its workspace setting at its first handle
+        from engine import determinism
+        determinism.enable()
     backend = resolve(spec.backend, spec.precision, spec.ops, world.local_rank)
-    distributed.init(world, backend.process_group, single_process_group=spec.parallel.strategy.startswith("zero"))
+    distributed.init(world, backend.process_group, single_process_group=spec.parallel.strategy.startswith("zero"),
+                     device=backend.device)
     record = RunRecord(out_dir, enabled=world.is_main)
     say = log if world.is_main else (lambda *a, **k: None)
 
@@ -150,8 +173,12 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
                           f"{limit / 2**30:.1f} GiB is available; lower micro_batch or seq_len")
 
     model = GPT(cfg, backend.ops)
+    init_parts, init_step = None, 0
     if init_ckpt:
-        model.load_state_dict(ckpt.load(init_ckpt, ("model",))[1]["model"])
+        init_manifest, init_parts = ckpt.load(init_ckpt, ("model", "train_state") if spec.init.continue_run
+                                              else ("model",))
+        init_step = init_manifest["step"]
+        model.load_state_dict(init_parts["model"])
     elif spec.init.hf_dir:
         from engine.hf import load_hf_weights
         load_hf_weights(model, Path(spec.init.hf_dir))
@@ -168,7 +195,7 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
     if spec.compile:
         model.compile()
     par = Parallel(model, optimizer, spec, world, backend)
-    peak = measured_matmul_peak(str(backend.device), backend.autocast_dtype or torch.float32, n=512, seconds=0.2)
+    peak, peak_source = device_peak(backend.device, backend.autocast_dtype)
 
     ckpt_root = out_dir / "checkpoints"
     if world.is_main:
@@ -193,13 +220,19 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
         record.event("checkpoint_corrupt", why, path=str(path))
 
     start_step = restore(corrupt) or 0
+    continued = init_parts["train_state"] if spec.init.continue_run else None
+    schedule = lr_schedule(spec, continued, init_step)
+    if continued is not None and start_step == 0:  # AdamW moments and step count carry over: one run
+        par.load_full_state(init_parts["model"], continued["optimizer"])
+    init_parts = None
 
     counts = count_params(cfg)
     fpt = flops_per_token(cfg, seq_len)
     record.start("train", spec.model_dump(mode="json"), backend=backend.describe(), world_size=world.size,
                  model_config=cfg.to_dict(), params={"total": counts.total, "embedding": counts.embedding,
                                                      "body": counts.body}, data_dir=str(data_dir),
-                 tokens_per_step=spec.batch_size * seq_len, device_peak_flops=peak)
+                 tokens_per_step=spec.batch_size * seq_len, device_peak_flops=peak,
+                 device_peak_source=peak_source, deterministic=spec.deterministic, lr_schedule=schedule)
     say(f"model {counts.total / 1e6:.2f}M params ({counts.embedding_share:.0%} embedding+head), "
         f"backend {backend.describe()}")
     say(f"{'warning: ' if 'expect' in backend.notes['precision_choice'] else ''}precision "
@@ -216,7 +249,8 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
             try:
                 path = ckpt.save(ckpt_root, step, {"model": model_state,
                                                     "train_state": {"optimizer": optim_state, "rng": rng_state(),
-                                                                    "step": step, "nonfinite": dict(nonfinite)}},
+                                                                    "step": step, "nonfinite": dict(nonfinite),
+                                                                    "schedule": schedule}},
                                  {"model_config": cfg.to_dict(), "tokenizer": spec.data.tokenizer,
                                   "data_dir": str(data_dir), "world_size": world.size,
                                   "strategy": par.strategy}, keep=spec.keep_checkpoints)
@@ -267,7 +301,7 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
         with progress:
             step = start_step
             while step < spec.steps:
-                lr = lr_at(step, spec.steps, spec, base_lr) * nonfinite["lr_scale"]
+                lr = lr_at(schedule["offset"] + step, schedule["total"], spec, base_lr) * nonfinite["lr_scale"]
                 par.set_lr(lr)
                 windows = rank_slice(sampler.windows(step), world.rank, world.size)
                 done = injected.step = step + 1
@@ -327,8 +361,9 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
         plot = loss_curve(read_metrics(out_dir), out_dir / "loss.png", "training loss")
     summary = {"steps": spec.steps, "tokens": spec.steps * tokens_per_step, "params": counts.total,
                "val_loss": last_val.get("loss"), "val_ppl": last_val.get("ppl"), "val_bpb": last_val.get("bpb"),
+               "val_tokens": last_val.get("tokens"), "val_bytes": last_val.get("bytes"),
                "flops": spec.steps * tokens_per_step * fpt, "checkpoint": str(final),
-               "nonfinite": {"policy": spec.nonfinite.policy, **nonfinite}}
+               "nonfinite": {"policy": spec.nonfinite.policy, **nonfinite}, "lr_schedule": schedule}
     artifacts = [{"name": "checkpoint", "path": str(final), "type": "checkpoint"}]
     if plot:
         artifacts.append({"name": "loss_curve", "path": str(plot), "type": "plot"})

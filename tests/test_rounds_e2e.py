@@ -84,7 +84,7 @@ def test_round_two_from_a_checkpoint_draws_sequences_mixes_fresh_data_and_contin
     run_dir, result = trained_run
     spec = RoundsSpec.model_validate({**MICRO, "init": {"checkpoint": result["summary"]["checkpoint"]},
                                       "granularity": "sequence", "fresh_fraction": 0.25, "temperature": 0.5,
-                                      "lr_schedule": "continue", "steps": 4})
+                                      "lr_schedule": "constant", "steps": 4})
     s = run_rounds(spec, tmp_path, log=lambda *a: None)["summary"]
     rdir = tmp_path / "round_2"
     drawn = np.load(rdir / "selected_ids.npy")

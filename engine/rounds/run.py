@@ -267,7 +267,7 @@ class Stage:
         return result
 
     def continued_lr(self, parent: str) -> float:
-        """The last learning rate of the run that wrote `parent` (lr_schedule: continue)."""
+        """The last learning rate of the run that wrote `parent` (lr_schedule: constant)."""
         rows = [r for r in read_metrics(Path(parent).parent.parent) if r.get("split") == "train" and "lr" in r]
         if rows:
             return rows[-1]["lr"]
@@ -322,7 +322,9 @@ def run_rounds(spec: RoundsSpec, out_dir: str | Path, log=print, show_progress: 
         if world.is_main:
             rdir.mkdir(parents=True, exist_ok=True)
             pool.save(rdir)
-        res = st.train_round(1, rdir, spec.round_spec(steps=spec.first_round_steps), 0, total, {"parent": None})
+        optim = {"schedule_steps": total} if spec.lr_schedule == "continue" else {}  # one schedule, every round
+        res = st.train_round(1, rdir, spec.round_spec(steps=spec.first_round_steps, optim=optim), 0, total,
+                             {"parent": None})
         parent, offset = res["summary"]["checkpoint"], spec.first_round_steps
         rounds.append(res["summary"])
         lineage.append({"round": 1, "checkpoint": parent, "parent": None})
@@ -348,11 +350,11 @@ def run_rounds(spec: RoundsSpec, out_dir: str | Path, log=print, show_progress: 
             sel = _read_json(rdir / "selection.json")
         ids = str(rdir / "selected_ids.npy")
         data = {"batch_ids": ids} if spec.granularity == "batch" else {"window_ids": ids}
-        optim = {}
-        if spec.lr_schedule == "continue":
+        optim, init = {}, {"checkpoint": parent, "continue_run": spec.lr_schedule == "continue"}
+        if spec.lr_schedule == "constant":
             optim = {"lr": st.continued_lr(parent), "warmup_frac": 0.0, "min_lr_ratio": 1.0,
                      "lr_scaling_base_batch": None}
-        tspec = spec.round_spec(steps=plan["steps"], data=data, optim=optim, init={"checkpoint": parent})
+        tspec = spec.round_spec(steps=plan["steps"], data=data, optim=optim, init=init)
         res = st.train_round(k, rdir, tspec, offset, total, {"parent": parent, "selection": _brief(sel)})
         pool = Pool(pool.batch_ids, np.union1d(pool.fresh_used, np.load(rdir / "fresh_ids.npy")), pool.source)
         parent = res["summary"]["checkpoint"]

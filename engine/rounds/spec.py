@@ -39,9 +39,12 @@ class RoundsSpec(TrainSpec):
     pool: Literal["seen", "all"] = Field(
         "seen", description="seen: the batches round 1 trained on (read from its run record); all: every batch "
                             "of one epoch")
-    lr_schedule: Literal["rewarm", "continue"] = Field(
-        "rewarm", description="rewarm: each round its own warmup + cosine from optim.lr; continue: a constant lr "
-                              "equal to the previous round's last one")
+    lr_schedule: Literal["continue", "rewarm", "constant"] = Field(
+        "continue", description="continue (the paper): each replay round is the next epoch of one run: the same "
+                                "learning-rate schedule goes on (at its floor if it had ended) and the AdamW moments "
+                                "carry over; round 1 trained here plans its schedule over every round. rewarm: each "
+                                "round its own warmup + cosine from optim.lr and fresh AdamW moments; constant: a "
+                                "constant lr equal to the previous round's last one, fresh moments")
     sample_seed: int | None = Field(None, description="seed of the draws; default: seed + round number")
     score_micro_batch: PositiveInt | None = Field(None, description="sequences per scoring forward pass; "
                                                                     "default 4 x micro_batch (no activations kept)")
