@@ -12,11 +12,12 @@ from fastapi.openapi.utils import get_openapi
 
 from service import dashboard
 from service.api import errors, health, jobs, runs
+from service.api.schemas import Problem
 from service.api.middleware import BodyLimit, Timing
 from service.auth import TokenCache
 from service.db import Database
 from service.db import migrate as migrations
-from service.prom import RequestStats
+from service.prom import Metrics
 from service.services import housekeeping
 from service.services.scheduling import WorkerSnapshot
 from service.settings import Settings
@@ -67,8 +68,8 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
     app.state.settings, app.state.db = settings, db
     app.state.tokens = TokenCache(db, settings.token_cache_s)
     app.state.workers = WorkerSnapshot(db, settings.worker_timeout_s)
-    app.state.stats = RequestStats()
     app.state.schema_head = migrations.head()
+    app.state.stats = Metrics(db, settings.worker_timeout_s, app.state.schema_head)
     errors.install(app)
     for r in (health.router, jobs.router, runs.router):
         app.include_router(r)
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(job_spec.pop("$defs", {}))
             components["JobSpec"] = job_spec
+            errors.document(schema, Problem.model_json_schema(ref_template="#/components/schemas/{model}"))
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import httpx
+from httpx_sse import SSEError, connect_sse
 
 from service.settings import default_home
 
@@ -20,30 +24,57 @@ def default_token() -> str | None:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, detail):
-        self.status, self.detail = status, detail
-        super().__init__(f"HTTP {status}: {format_detail(detail)}")
+    """An error answer: an RFC 9457 problem (`detail`, and the bad fields under `errors`)."""
+
+    def __init__(self, status: int, detail, errors: list[dict] | None = None, title: str = ""):
+        self.status, self.detail, self.errors, self.title = status, detail, errors or [], title
+        super().__init__(f"HTTP {status}: {format_detail(detail, self.errors)}")
+
+    @classmethod
+    def from_response(cls, r: httpx.Response) -> "ApiError":
+        try:
+            body = r.json()
+        except ValueError:
+            return cls(r.status_code, r.text or r.reason_phrase)
+        if not isinstance(body, dict):
+            return cls(r.status_code, r.text)
+        return cls(r.status_code, body.get("detail") or body.get("title") or r.reason_phrase,
+                   body.get("errors"), body.get("title", ""))
 
 
-def format_detail(detail) -> str:
-    if isinstance(detail, list):
-        return "\n".join(f"  {d.get('field', '?')}: {d.get('msg', '')}" for d in detail)
+def format_detail(detail, errors: list[dict] | None = None) -> str:
+    if errors:
+        return "\n".join(f"  {d.get('field', '?')}: {d.get('msg', '')}" for d in errors)
     return str(detail)
 
 
+class FollowGaveUp(Exception):
+    """The log stream could not be reached for longer than the follower was told to keep trying."""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Reconnection delays: capped exponential with jitter, starting from the server's `retry:` when it
+    sent one (the SSE reconnection time), so many clients of a restarting server do not come back at once."""
+    initial_s: float = 0.5
+    max_s: float = 30.0
+    give_up_s: float = 300.0  # unreachable this long in a row: stop
+
+    def delay(self, attempt: int, retry_s: float | None = None) -> float:
+        d = min(self.max_s, (retry_s if retry_s is not None else self.initial_s) * 2 ** attempt)
+        return d / 2 + random.uniform(0, d / 2)  # "equal jitter": never less than half the step
+
+
 class Client:
-    def __init__(self, url: str, token: str | None, timeout: float = 30.0):
+    def __init__(self, url: str, token: str | None, timeout: float = 30.0, backoff: Backoff = Backoff()):
+        self.backoff = backoff
         self.http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout,
                                  headers={"Authorization": f"Bearer {token}"} if token else {})
 
     def _call(self, method: str, path: str, **kw):
         r = self.http.request(method, path, **kw)
         if r.status_code >= 400:
-            try:
-                detail = r.json().get("detail")
-            except ValueError:
-                detail = r.text
-            raise ApiError(r.status_code, detail)
+            raise ApiError.from_response(r)
         return r
 
     def submit(self, path: Path, idempotency_key: str | None = None, plan: bool = False) -> tuple[dict, int]:
@@ -62,35 +93,48 @@ class Client:
         return self._call("GET", "/v1/jobs", params={k: v for k, v in params.items() if v}).json()
 
     def cancel(self, job_id: str) -> dict:
-        return self._call("POST", f"/v1/jobs/{job_id}/cancel").json()
+        return self._call("POST", f"/v1/jobs/{job_id}:cancel").json()
 
     def retry(self, job_id: str) -> dict:
-        return self._call("POST", f"/v1/jobs/{job_id}/retry").json()
+        return self._call("POST", f"/v1/jobs/{job_id}:retry").json()
 
-    def follow_logs(self, job_id: str, after: int = 0) -> Iterator[dict]:
-        """Server-sent events; reconnects with Last-Event-ID if the connection drops."""
-        last = after
+    def follow_logs(self, job_id: str, after: int = 0,
+                    on_retry: Callable[[str, float], None] = lambda why, delay: None) -> Iterator[dict]:
+        """Log lines as server-sent events until the job has ended. A dropped stream is resumed with
+        Last-Event-ID after a backoff delay (see Backoff); FollowGaveUp once the server has been out of
+        reach for `backoff.give_up_s`. A 4xx answer (no such job, bad token) raises ApiError at once."""
+        last, attempt, retry_s, down_since = after, 0, None, None
         while True:
             try:
-                with self.http.stream("GET", f"/v1/jobs/{job_id}/logs", params={"follow": "true"},
-                                      headers={"Last-Event-ID": str(last), "Accept": "text/event-stream"},
-                                      timeout=httpx.Timeout(30.0, read=60.0)) as r:
+                with connect_sse(self.http, "GET", f"/v1/jobs/{job_id}/logs", params={"follow": "true"},
+                                 headers={"Last-Event-ID": str(last)},
+                                 timeout=httpx.Timeout(30.0, read=60.0)) as source:
+                    r = source.response
                     if r.status_code >= 400:
                         r.read()
-                        raise ApiError(r.status_code, r.json().get("detail"))
-                    event, data = "message", ""
-                    for line in r.iter_lines():
-                        if line.startswith("event:"):
-                            event = line[6:].strip()
-                        elif line.startswith("data:"):
-                            data += line[5:].strip()
-                        elif line.startswith("id:"):
-                            last = int(line[3:].strip())
-                        elif line == "":
-                            if event == "end":
-                                return
-                            if data:
-                                yield json.loads(data)
-                            event, data = "message", ""
-            except (httpx.ReadTimeout, httpx.RemoteProtocolError, httpx.ConnectError):
-                continue
+                        if r.status_code < 500:
+                            raise ApiError.from_response(r)
+                        raise httpx.HTTPStatusError(f"HTTP {r.status_code}", request=r.request, response=r)
+                    down_since = None  # reached the server
+                    for sse in source.iter_sse():
+                        if sse.retry is not None:
+                            retry_s = sse.retry / 1000
+                        if sse.id:
+                            last = int(sse.id)
+                        attempt = 0  # the stream delivered: start the backoff over
+                        if sse.event == "end":
+                            return
+                        if sse.data:
+                            yield json.loads(sse.data)
+                why = "stream closed before the end event"
+            except (httpx.TransportError, httpx.HTTPStatusError, SSEError) as exc:
+                why = f"{type(exc).__name__}: {exc}"
+            now = time.monotonic()
+            down_since = down_since or now
+            if now - down_since >= self.backoff.give_up_s:
+                raise FollowGaveUp(f"gave up following job {job_id}'s log: the server has been unreachable for "
+                                   f"{now - down_since:.0f} s (last error: {why})")
+            delay = self.backoff.delay(attempt, retry_s)
+            attempt += 1
+            on_retry(why, delay)
+            time.sleep(delay)

@@ -4,7 +4,6 @@ from __future__ import annotations
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.api.schemas import MessageOut
 from service.auth import Principal
 from service.spec import SpecError
 
@@ -36,13 +35,17 @@ def refuse_nul(request: Request) -> None:
                          for loc in dict.fromkeys(bad)])
 
 
-def json_answer(model, description: str) -> dict:
-    """An answer for `responses=` that is JSON whatever the route's own response class (text, files)."""
-    return {"description": description, "content": {"application/json": {"schema": model.model_json_schema()}}}
+def problem_answer(description: str) -> dict:
+    """An error answer for `responses=`; errors.document declares its problem+json body in the spec."""
+    return {"description": description}
 
 
 # what every route behind a token may answer, declared on each such route for the published OpenAPI spec
-AUTH_ERRORS = {401: json_answer(MessageOut, "missing, invalid or revoked token"),
-               403: json_answer(MessageOut, "the token's scope does not allow this")}
+AUTH_ERRORS = {401: problem_answer("missing, invalid or revoked token"),
+               403: problem_answer("the token's scope does not allow this")}
+NOT_FOUND = {404: problem_answer("no such object")}
+CONFLICT = {409: problem_answer("the object's state does not allow this")}
+BODY_ERRORS = {413: problem_answer("request body over the size limit"),
+               422: problem_answer("invalid input: each bad field under `errors`")}
 
 READ, SUBMIT, ADMIN = Depends(require("read")), Depends(require("submit")), Depends(require("admin"))

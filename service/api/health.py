@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import PlainTextResponse, Response
 from sqlalchemy import text
 
-from service import prom
+from service.api import errors
 from service.api.deps import AUTH_ERRORS, READ
 
 router = APIRouter(tags=["health"])
@@ -23,16 +23,21 @@ def readyz(request: Request):
         with st.db.read() as s:
             version = s.execute(text("SELECT version_num FROM alembic_version")).scalar()
     except Exception as exc:
-        return JSONResponse({"status": "unavailable", "reason": f"database: {type(exc).__name__}"}, status_code=503)
+        return errors.respond(request, 503, f"database: {type(exc).__name__}", type_=errors.UNAVAILABLE)
     if version != st.schema_head:
-        return JSONResponse({"status": "unavailable", "reason": f"database schema at {version}, service needs "
-                             f"{st.schema_head}: run `tinyforge db upgrade`"}, status_code=503)
+        return errors.respond(request, 503, f"database schema at {version}, service needs {st.schema_head}: "
+                              "run `tinyforge db upgrade`", type_=errors.UNAVAILABLE)
     return {"status": "ready", "schema": version}
 
 
-@router.get("/metrics", response_class=PlainTextResponse, dependencies=[READ], responses=AUTH_ERRORS)
+METRICS_PAGE = {200: {"description": "Prometheus text format, or OpenMetrics when the Accept header asks for it",
+                     "content": {"text/plain": {"schema": {"type": "string"}},
+                                 "application/openmetrics-text": {"schema": {"type": "string"}}}}}
+
+
+@router.get("/metrics", response_class=PlainTextResponse, dependencies=[READ], responses={**AUTH_ERRORS, **METRICS_PAGE})
 def metrics(request: Request):
-    """Prometheus text format: jobs by status, queue depth, worker heartbeats, request latency."""
-    st = request.app.state
-    return PlainTextResponse(prom.render(st.db, st.stats, st.settings.worker_timeout_s),
-                             media_type="text/plain; version=0.0.4")
+    """Jobs by status, queue depth, worker heartbeats, webhook outbox, request counts and latency,
+    process metrics and tinyforge_build_info (prometheus_client)."""
+    body, content_type = request.app.state.stats.exposition(request.headers.get("accept"))
+    return Response(body, media_type=content_type)

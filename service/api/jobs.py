@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.api import schemas
-from service.api.deps import AUTH_ERRORS, READ, SUBMIT, require
+from service.api.deps import AUTH_ERRORS, BODY_ERRORS as BAD_BODY, CONFLICT, NOT_FOUND, READ, SUBMIT, require
 from service.auth import Principal
 from service.services import artifacts, jobs, lifecycle, logs, metrics
 from service.spec import SpecError, parse_body
@@ -20,7 +20,8 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
 ERRORS = AUTH_ERRORS
 MAX_LABEL_FILTERS = 50  # = the most labels a job may have
 MAX_ID = 2**62  # ids and cursors fit a signed 64-bit column
-BODY_ERRORS = {**ERRORS, 413: {"model": schemas.ValidationErrorOut}, 422: {"model": schemas.ValidationErrorOut}}
+BODY_ERRORS = {**ERRORS, **BAD_BODY}
+MISSING = {**ERRORS, **NOT_FOUND}
 # the body is read by hand (JSON or YAML), so describe it for the OpenAPI spec
 SPEC_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"$ref": "#/components/schemas/JobSpec"}},  # added by app.openapi
@@ -34,7 +35,7 @@ async def _body(request: Request):
 @router.post("/jobs", status_code=201, response_model=schemas.JobOut, openapi_extra=SPEC_BODY,
              responses={**BODY_ERRORS, 200: {"model": schemas.JobOut, "description": "repeat of an earlier "
                                              "request with the same Idempotency-Key and body"},
-                        409: {"model": schemas.MessageOut}})
+                        **CONFLICT})
 async def submit_job(request: Request,
                      idempotency_key: str | None = Header(None, alias="Idempotency-Key", min_length=1, max_length=255,
                                                           pattern=r"^[^\x00-\x1f\x7f]+$"),
@@ -80,34 +81,36 @@ def list_jobs(request: Request,
                                        limit, cursor))
 
 
-@router.get("/jobs/{job_id}", response_model=schemas.JobOut, responses={**ERRORS, 404: {"model": schemas.MessageOut}},
+@router.get("/jobs/{job_id}", response_model=schemas.JobOut, responses=MISSING,
             dependencies=[READ])
 def get_job(request: Request, job_id: str):
     """A job with its stages (step, ETA), attempts and, while queued, why it is waiting."""
     return JSONResponse(jobs.get(request.app.state.db, job_id))
 
 
-@router.post("/jobs/{job_id}/cancel", response_model=schemas.JobOut, dependencies=[SUBMIT],
-             responses={**ERRORS, 404: {"model": schemas.MessageOut}, 409: {"model": schemas.MessageOut}})
+# custom methods in one style (Google AIP-136): POST /v1/jobs:plan, /v1/jobs/{id}:cancel, /v1/jobs/{id}:retry
+@router.post("/jobs/{job_id}:cancel", response_model=schemas.JobOut, dependencies=[SUBMIT], responses=MISSING)
 def cancel_job(request: Request, job_id: str):
+    """Cancel a job. Idempotent: a job that already ended is answered as it is (200), so a retried
+    cancel is safe."""
     return jobs.cancel(request.app.state.db, job_id)
 
 
-@router.post("/jobs/{job_id}/retry", response_model=schemas.JobOut, dependencies=[SUBMIT],
-             responses={**ERRORS, 404: {"model": schemas.MessageOut}, 409: {"model": schemas.MessageOut}})
+@router.post("/jobs/{job_id}:retry", response_model=schemas.JobOut, dependencies=[SUBMIT],
+             responses={**MISSING, **CONFLICT})
 def retry_job(request: Request, job_id: str):
     return jobs.retry(request.app.state.db, job_id)
 
 
 @router.get("/jobs/{job_id}/events", response_model=list[schemas.EventOut], dependencies=[READ],
-            responses={**ERRORS, 404: {"model": schemas.MessageOut}})
+            responses=MISSING)
 def job_events(request: Request, job_id: str, after: int = Query(0, ge=0, le=MAX_ID),
                limit: int = Query(1000, ge=1, le=10000)):
     return jobs.events(request.app.state.db, job_id, after, limit)
 
 
 @router.get("/jobs/{job_id}/logs", dependencies=[READ],
-            responses={**ERRORS, 404: {"model": schemas.MessageOut},
+            responses={**MISSING,
                        200: {"model": schemas.LogsOut, "content": {"text/event-stream": {}},
                              "description": "JSON, or server-sent events with follow=true or "
                                             "Accept: text/event-stream"}})
@@ -153,7 +156,7 @@ async def job_logs(request: Request, job_id: str, follow: bool = False, after: i
 
 
 @router.get("/jobs/{job_id}/metrics", response_model=schemas.MetricsOut, dependencies=[READ],
-            responses={**ERRORS, 404: {"model": schemas.MessageOut}})
+            responses=MISSING)
 def job_metrics(request: Request, job_id: str,
                 keys: str | None = Query(None, max_length=1000, description="comma-separated, e.g. loss,lr"),
                 max_points: int = Query(500, ge=2, le=20000), stage: str | None = Query(None, max_length=64),
@@ -164,6 +167,6 @@ def job_metrics(request: Request, job_id: str,
 
 
 @router.get("/jobs/{job_id}/artifacts", response_model=list[schemas.ArtifactOut], dependencies=[READ],
-            responses={**ERRORS, 404: {"model": schemas.MessageOut}})
+            responses=MISSING)
 def job_artifacts(request: Request, job_id: str):
     return artifacts.list_for_job(request.app.state.db, job_id)

@@ -1,17 +1,19 @@
 """Pure ASGI middleware (no per-request task overhead): request body size limit, request timing."""
 from __future__ import annotations
 
-import json
 import time
 
-from service.prom import RequestStats
+from service.api import errors
+from service.prom import Metrics
 
 
 def _413(limit: int) -> tuple[dict, bytes]:
-    body = json.dumps({"detail": [{"loc": ["body"], "field": "(body)", "type": "too_large",
-                                   "msg": f"request body is larger than the limit of {limit} bytes"}]}).encode()
+    msg = f"request body is larger than the limit of {limit} bytes"
+    body = errors.problem_bytes(413, msg, type_=errors.TOO_LARGE,
+                                errors=[{"loc": ["body"], "field": "(body)", "type": "too_large", "msg": msg}])
     return {"type": "http.response.start", "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]}, body
+            "headers": [(b"content-type", errors.MEDIA_TYPE.encode()),
+                        (b"content-length", str(len(body)).encode())]}, body
 
 
 class BodyLimit:
@@ -57,7 +59,7 @@ class BodyLimit:
 
 
 class Timing:
-    def __init__(self, app, stats: RequestStats):
+    def __init__(self, app, stats: Metrics):
         self.app, self.stats = app, stats
 
     async def __call__(self, scope, receive, send):

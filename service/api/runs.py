@@ -10,14 +10,13 @@ from starlette.concurrency import run_in_threadpool
 
 from service import auth
 from service.api import schemas
-from service.api.deps import ADMIN, AUTH_ERRORS, READ, json_answer
+from service.api.deps import ADMIN, AUTH_ERRORS, BODY_ERRORS, NOT_FOUND, READ
 from service.auth import Principal
 from service.services import artifacts, workers
 from service.services.jobs import NotFound
 from service.spec import parse_model
 
 router = APIRouter(prefix="/v1", responses=AUTH_ERRORS)
-NOT_FOUND = {404: json_answer(schemas.MessageOut, "no such object")}
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 TOKEN_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": schemas.TokenIn.model_json_schema()}}}}
@@ -72,8 +71,7 @@ def _token_view(t, token: str | None = None) -> dict:
 
 
 @router.post("/tokens", response_model=schemas.TokenOut, status_code=201, dependencies=[ADMIN], tags=["tokens"],
-             openapi_extra=TOKEN_BODY, responses={413: {"model": schemas.ValidationErrorOut},
-                                                  422: {"model": schemas.ValidationErrorOut}})
+             openapi_extra=TOKEN_BODY, responses=BODY_ERRORS)
 async def create_token(request: Request):
     """A new token; the answer is the only time it is shown."""
     # the body is read here, after the token check: a caller without a token learns nothing about bodies

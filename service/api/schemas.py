@@ -14,8 +14,14 @@ class ErrorItem(BaseModel):
     type: str
 
 
-class ValidationErrorOut(BaseModel):
-    detail: list[ErrorItem]
+class Problem(BaseModel):
+    """RFC 9457 problem details: the body of every error answer (service/api/errors.py)."""
+    type: str = Field(description='a URI naming the kind of problem; "about:blank": just the status')
+    title: str
+    status: int
+    detail: str
+    instance: str | None = Field(None, description="the request path")
+    errors: list[ErrorItem] | None = Field(None, description="bad input: each field and what is wrong with it")
 
 
 class MessageOut(BaseModel):

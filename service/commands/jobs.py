@@ -1,7 +1,8 @@
 """`tinyforge jobs`: the API client for people and CI pipelines.
 
 `submit FILE --wait` exits 0 when the job succeeded, 1 when it failed, 3 when it was cancelled, and
-2 when the spec was refused -- so a pipeline step fails exactly when the job does."""
+2 when the spec was refused -- so a pipeline step fails exactly when the job does. A log follower
+(`--follow`, `logs -f`) that cannot reach the server for `--reconnect-for` seconds exits 4."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ import time
 
 import click
 
-from service.client import ApiError, Client, default_token, format_detail
+from service.client import ApiError, Backoff, Client, FollowGaveUp, default_token, format_detail
 
 EXIT = {"succeeded": 0, "failed": 1, "cancelled": 3}
 
@@ -34,17 +35,29 @@ def _line(job: dict) -> str:
 @click.option("--url", envvar="TINYFORGE_URL", default="http://127.0.0.1:8080", show_default=True)
 @click.option("--token", envvar="TINYFORGE_TOKEN", default=None,
               help="API token (env TINYFORGE_TOKEN; default: the admin token in TINYFORGE_HOME)")
+@click.option("--reconnect-for", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              help="seconds a log follower keeps reconnecting (with backoff) to an unreachable server; then exit 4")
 @click.pass_context
-def jobs(ctx, url, token):
+def jobs(ctx, url, token, reconnect_for):
     """Submit and watch jobs through the REST API."""
-    ctx.obj = Client(url, token or default_token())
+    ctx.obj = Client(url, token or default_token(), backoff=Backoff(give_up_s=reconnect_for))
+
+
+def _print_logs(client: Client, job_id: str) -> None:
+    def told(why: str, delay: float) -> None:
+        click.echo(f"log stream lost ({why}); reconnecting in {delay:.1f} s", err=True)
+    try:
+        for line in client.follow_logs(job_id, on_retry=told):
+            click.echo(f"[{line.get('stage') or '-'}] {line['line']}")
+    except FollowGaveUp as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(4)
 
 
 def _wait(client: Client, job_id: str, follow: bool) -> dict:
     last = None
     if follow:
-        for line in client.follow_logs(job_id):
-            click.echo(f"[{line.get('stage') or '-'}] {line['line']}")
+        _print_logs(client, job_id)
     while True:
         job = client.get(job_id)
         summary = (job["status"], job.get("current_stage"), job.get("step"))
@@ -69,7 +82,7 @@ def submit(ctx, file, idempotency_key, wait, follow, plan):
     try:
         job, status = client.submit(file, idempotency_key, plan)
     except ApiError as exc:
-        click.echo(f"refused (HTTP {exc.status}):\n{format_detail(exc.detail)}", err=True)
+        click.echo(f"refused (HTTP {exc.status}):\n{format_detail(exc.detail, exc.errors)}", err=True)
         sys.exit(2 if 400 <= exc.status < 500 else 4)
     if plan:
         click.echo(json.dumps(job, indent=2))
@@ -127,8 +140,7 @@ def logs(ctx, job_id, follow):
     client = _client(ctx)
     try:
         if follow:
-            for line in client.follow_logs(job_id):
-                click.echo(f"[{line.get('stage') or '-'}] {line['line']}")
+            _print_logs(client, job_id)
         else:
             after = 0
             while True:

@@ -154,15 +154,15 @@ def list_jobs(db: Database, status: list[str] | None = None, name: str | None = 
 
 def cancel(db: Database, job_id: str) -> dict:
     """A queued job is cancelled at once; a running one is asked to stop (the worker sends SIGTERM, then
-    SIGKILL after the grace period) and ends `cancelled`."""
+    SIGKILL after the grace period) and ends `cancelled`; one that already ended is left as it is."""
     now = time.time()
     with db.write() as s:
         job = s.get(Job, job_id)
         if job is None:
             raise NotFound(f"job {job_id} not found")
         if job.status in lifecycle.TERMINAL:
-            raise Conflict(f"job {job_id} is already {job.status}")
-        if job.status == "queued":
+            pass  # already ended: answered as it is, so a retried cancel is safe
+        elif job.status == "queued":
             attempt = lifecycle.current_attempt(s, job_id)
             if attempt is not None and attempt.status == "queued":
                 attempt.status, attempt.finished_at = "cancelled", now

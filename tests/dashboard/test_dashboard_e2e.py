@@ -196,7 +196,7 @@ def test_cancel_a_running_job_after_confirming(dash, open_page):
                       timeout=300)
     assert len(again["attempts"]) == 2
     expect(page.locator("#log-state")).to_have_text("live")  # the log follows the new attempt
-    assert dash.http.post(f"/v1/jobs/{job['id']}/cancel").status_code == 200
+    assert dash.http.post(f"/v1/jobs/{job['id']}:cancel").status_code == 200
     expect(page.locator("#main")).to_have_attribute("data-status", "cancelled", timeout=90_000)
     expect(page.locator("#retry-job")).to_be_visible()
     done = dash.job(job["id"])
@@ -315,7 +315,7 @@ def test_markup_in_job_names_and_labels_is_shown_as_text(dash, open_page):
     assert page.locator("#main img, #main script").count() == 0
     assert watch.dialogs == [], watch.dialogs
     assert page.evaluate("document.querySelectorAll('img[src=\"x\"]').length") == 0
-    dash.http.post(f"/v1/jobs/{evil['id']}/cancel")
+    dash.http.post(f"/v1/jobs/{evil['id']}:cancel")
     assert not watch.errors
 
 

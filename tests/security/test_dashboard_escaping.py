@@ -46,9 +46,9 @@ def submit_hostile_jobs(svc) -> tuple[dict, dict]:
 
 def test_stage_names_cannot_carry_markup(sqlite_service):
     r = sqlite_service.http.post("/v1/jobs", json={"name": "x", "stages": [stage("train", name=IMG)]})
-    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "stages.0.name", r.text
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "stages.0.name", r.text
     r = sqlite_service.http.post("/v1/jobs", json={"name": "x", "labels": {IMG: "v"}, "stages": [stage("train")]})
-    assert r.status_code == 422 and r.json()["detail"][0]["field"].startswith("labels"), r.text
+    assert r.status_code == 422 and r.json()["errors"][0]["field"].startswith("labels"), r.text
 
 
 def test_job_supplied_text_is_shown_literally_and_never_runs(hostile_service, browser):

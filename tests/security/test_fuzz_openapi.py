@@ -49,7 +49,7 @@ def seed(svc: Service) -> dict:
     worker.terminate()
     worker.wait(30)
     gone = svc.submit({"name": "seed-cancelled", "stages": [stage("train", steps=3)]})
-    assert svc.http.post(f"/v1/jobs/{gone['id']}/cancel").status_code == 200
+    assert svc.http.post(f"/v1/jobs/{gone['id']}:cancel").status_code == 200
     return {"ok": svc.job(ok["id"]), "failed": svc.job(bad["id"])}
 
 

@@ -54,7 +54,7 @@ def snapshot(svc, tmp) -> tuple:
 def refused(svc, body: dict, loc: list, path: str = "/v1/jobs", **headers) -> dict:
     r = svc.http.post(path, json=body, headers=headers)
     assert r.status_code == 422, (loc, r.status_code, r.text)
-    items = {tuple(e["loc"]): e for e in r.json()["detail"]}
+    items = {tuple(e["loc"]): e for e in r.json()["errors"]}
     assert tuple(loc) in items, (loc, r.text)
     e = items[tuple(loc)]
     assert e["field"] == ".".join(map(str, loc[1:])) and e["type"] in ("path_error", "string_unstorable"), e
@@ -104,7 +104,7 @@ def test_paths_leading_out_of_the_roots_are_refused_and_nothing_changes(env):
     r = svc.http.post("/v1/jobs", json={"name": "p", "recipe": {"data": {"sources": [str(home / "escape")]},
                                                                 "parent": {"checkpoint": "/etc"}}})
     assert r.status_code == 422, r.text
-    paths = {tuple(e["loc"]) for e in r.json()["detail"] if e["type"] == "path_error"}
+    paths = {tuple(e["loc"]) for e in r.json()["errors"] if e["type"] == "path_error"}
     assert {("body", "recipe", "tokenizer", "sources", 0), ("body", "recipe", "round1", "data", "sources", 0),
             ("body", "recipe", "inherit", "parent")} <= paths, r.text
     # the planner refuses the same, and a refused body does not take over a used idempotency key
@@ -124,7 +124,7 @@ def test_numbers_and_filters_that_used_to_be_5xx(env):
     assert r.status_code == 422 and "1e999" in r.text, r.text
     # thousands of label filters are thousands of subqueries: past SQLite's expression limit, a 503
     r = svc.http.get("/v1/jobs", params=[("label", f"k{i}") for i in range(1100)])
-    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "label", r.text
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "label", r.text
     assert svc.http.get("/v1/jobs", params=[("label", f"k{i}") for i in range(50)]).status_code == 200
 
 
@@ -143,10 +143,10 @@ def test_bodies_over_the_limit_are_413_declared_or_chunked(env, path):
     assert len(at) == LIMIT
     with httpx.Client(base_url=svc.url, headers=h, timeout=60) as c:
         r = c.post(path, content=over)  # Content-Length says it all: refused before reading
-        assert r.status_code == 413 and r.json()["detail"][0]["type"] == "too_large", r.text
+        assert r.status_code == 413 and r.json()["errors"][0]["type"] == "too_large", r.text
         r = c.post(path, content=_chunks(over))  # chunked: counted while reading
         assert "content-length" not in r.request.headers and r.request.headers["transfer-encoding"] == "chunked"
-        assert r.status_code == 413 and r.json()["detail"][0]["type"] == "too_large", r.text
+        assert r.status_code == 413 and r.json()["errors"][0]["type"] == "too_large", r.text
         for body in (at, _chunks(at)):
             r = c.post(path, content=body)
             assert r.status_code == 422, r.text[:300]

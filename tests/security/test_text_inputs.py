@@ -11,8 +11,8 @@ from security_fixtures import HOSTILE_ENGINE, Service, stage, svc_fixtures
 
 NUL_PATHS = [("get", "/v1/jobs/a%00b", ["path", "job_id"]), ("get", "/v1/jobs/x%00/events", ["path", "job_id"]),
              ("get", "/v1/jobs/x%00/logs", ["path", "job_id"]), ("get", "/v1/jobs/x%00/metrics", ["path", "job_id"]),
-             ("get", "/v1/jobs/x%00/artifacts", ["path", "job_id"]), ("post", "/v1/jobs/x%00/cancel", ["path", "job_id"]),
-             ("post", "/v1/jobs/x%00/retry", ["path", "job_id"]), ("get", "/v1/runs/%00/lineage", ["path", "run_id"]),
+             ("get", "/v1/jobs/x%00/artifacts", ["path", "job_id"]), ("post", "/v1/jobs/x%00:cancel", ["path", "job_id"]),
+             ("post", "/v1/jobs/x%00:retry", ["path", "job_id"]), ("get", "/v1/runs/%00/lineage", ["path", "run_id"]),
              ("get", "/v1/artifacts/%00/download", ["path", "artifact_id"]),
              ("delete", "/v1/tokens/%00", ["path", "token_id"]),
              ("get", "/v1/jobs?name=%00", ["query", "name"]), ("get", "/v1/jobs?name=a%00*", ["query", "name"]),
@@ -40,15 +40,15 @@ def test_unstorable_text_is_a_422_naming_where(any_service):
     for method, path, loc in NUL_PATHS:
         r = svc.http.request(method.upper(), path)
         assert r.status_code == 422, (method, path, r.status_code, r.text)
-        assert loc in [e["loc"] for e in r.json()["detail"]], (path, r.text)
+        assert loc in [e["loc"] for e in r.json()["errors"]], (path, r.text)
         assert httpx.request(method.upper(), svc.url + path, timeout=30).status_code == 401  # the token comes first
     for path, body, loc in BODIES:
         r = svc.http.post(path, content=body, headers={"content-type": "application/json"})
         assert r.status_code == 422, (body, r.status_code, r.text)
-        assert loc in [e["loc"] for e in r.json()["detail"]], (body, r.text)
+        assert loc in [e["loc"] for e in r.json()["errors"]], (body, r.text)
     r = svc.http.post("/v1/jobs", content=b'name: "a\\0b"\nstages: [{kind: train}]\n',
                       headers={"content-type": "application/yaml"})
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "name"], r.text
+    assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["body", "name"], r.text
     # nothing was stored, and text that is fine (accents, emoji, RTL) still is
     assert [j["id"] for j in svc.http.get("/v1/jobs").json()["items"]] == [job["id"]]
     fine = svc.submit({"name": "é 😀 عربى", "labels": {"k": "ü"}, "stages": [stage("train", echo="\u200b\u202e")]})

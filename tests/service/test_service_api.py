@@ -107,14 +107,19 @@ def test_bad_input_is_a_4xx_naming_the_field_and_stores_nothing(api, body, ctype
     before = count_jobs(api)
     r = api.http.post("/v1/jobs", content=body, headers={"Content-Type": ctype, "Idempotency-Key": f"bad-{time.time()}"})
     assert r.status_code == status, r.text
-    assert field in [d["field"] for d in r.json()["detail"]], r.json()
+    assert field in [d["field"] for d in r.json()["errors"]], r.json()
+    problem = r.json()  # RFC 9457
+    assert r.headers["content-type"] == "application/problem+json"
+    assert (problem["type"], problem["title"], problem["status"]) == ("urn:tinyforge:problem:validation",
+                                                                      "Unprocessable Entity", 422)
+    assert field in problem["detail"] and problem["instance"] == "/v1/jobs"
     assert count_jobs(api) == before
 
 
 def test_oversized_body_is_413(api):
     big = b'{"name": "x", "labels": {"a": "' + b"x" * (2 << 20) + b'"}}'
     r = api.http.post("/v1/jobs", content=big, headers={"Content-Type": "application/json"})
-    assert r.status_code == 413 and "larger than the limit" in r.json()["detail"][0]["msg"]
+    assert r.status_code == 413 and "larger than the limit" in r.json()["errors"][0]["msg"]
 
     def chunks():  # no Content-Length: the limit still holds
         for _ in range(40):
@@ -126,7 +131,7 @@ def test_oversized_body_is_413(api):
 def test_bad_query_parameters_are_422(api):
     for params in ({"limit": 0}, {"status": "sleeping"}, {"limit": "ten"}):
         r = api.http.get("/v1/jobs", params=params)
-        assert r.status_code == 422 and r.json()["detail"][0]["field"], (params, r.text)
+        assert r.status_code == 422 and r.json()["errors"][0]["field"], (params, r.text)
     assert api.http.get("/v1/jobs/nope").status_code == 404
     assert api.http.get("/v1/jobs/nope/metrics").status_code == 404
     assert api.http.get("/v1/runs/nope/lineage").status_code == 404
@@ -184,14 +189,20 @@ def test_queue_time_limit_fails_the_job_with_its_reason(api):
 
 def test_cancel_and_retry_a_queued_job(api):
     job = api.submit(SPEC)
-    r = api.http.post(f"/v1/jobs/{job['id']}/cancel")
+    r = api.http.post(f"/v1/jobs/{job['id']}:cancel")
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
     assert all(s["status"] == "cancelled" for s in r.json()["stages"])
-    assert api.http.post(f"/v1/jobs/{job['id']}/cancel").status_code == 409
-    r = api.http.post(f"/v1/jobs/{job['id']}/retry")
+    again = api.http.post(f"/v1/jobs/{job['id']}:cancel")  # idempotent: the ended job, as it is
+    assert again.status_code == 200 and again.json()["status"] == "cancelled"
+    assert again.json()["updated_at"] == r.json()["updated_at"]
+    r = api.http.post(f"/v1/jobs/{job['id']}:retry")
     assert r.status_code == 200 and r.json()["status"] == "queued"
     assert [a["status"] for a in r.json()["attempts"]] == ["cancelled", "queued"]
-    assert api.http.post(f"/v1/jobs/{job['id']}/retry").status_code == 409
+    refused = api.http.post(f"/v1/jobs/{job['id']}:retry")
+    assert refused.status_code == 409 and refused.headers["content-type"] == "application/problem+json"
+    assert refused.json() == {"type": "about:blank", "title": "Conflict", "status": 409, "instance":
+                              f"/v1/jobs/{job['id']}:retry", "detail": refused.json()["detail"]}
+    assert "only failed or cancelled jobs" in refused.json()["detail"]
     types = [e["type"] for e in api.http.get(f"/v1/jobs/{job['id']}/events").json()]
     assert types == ["submitted", "cancelled", "retried"]
 
@@ -200,8 +211,15 @@ def test_health_ready_metrics_openapi(api):
     assert httpx.get(api.url + "/healthz").json() == {"status": "ok"}
     assert httpx.get(api.url + "/readyz").json()["status"] == "ready"
     text = api.http.get("/metrics").text
-    assert re.search(r'^tinyforge_jobs\{status="queued"\} \d+$', text, re.M)
+    assert re.search(r'^tinyforge_jobs\{status="queued"\} \d+\.0$', text, re.M)
     assert "tinyforge_queue_depth" in text and "tinyforge_http_request_duration_seconds_bucket" in text
+    assert re.search(r'^tinyforge_http_requests_total\{method="GET",route="/v1/jobs/\{job_id\}",status="404"\} '
+                     r'\d', text, re.M)  # the route template, never the raw path
+    assert re.search(r'^tinyforge_build_info\{python="[\d.]+",schema="\w+",version="[^"]+"\} 1\.0$', text, re.M)
+    assert re.search(r"^process_resident_memory_bytes \S+$", text, re.M) and "_created" not in text
+    om = api.http.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert om.headers["content-type"].startswith("application/openmetrics-text")
+    assert om.text.endswith("# EOF\n") and "tinyforge_workers_alive" in om.text
     schema = api.http.get("/openapi.json").json()
     assert "JobSpec" in schema["components"]["schemas"]
     assert "/v1/jobs:plan" in schema["paths"] and "/v1/runs/{run_id}/lineage" in schema["paths"]

@@ -19,7 +19,7 @@ def engine_api(tmp_path_factory):
 
 def refusal(response) -> dict:
     assert response.status_code == 422, response.text
-    [item] = response.json()["detail"]
+    [item] = response.json()["errors"]
     return item
 
 

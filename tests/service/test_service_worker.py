@@ -102,7 +102,7 @@ def test_cancel_sends_sigterm_and_the_job_ends_cancelled(service):
     job = service.submit({"name": "long", "stages": [stage(steps=10_000, step_time=0.02)]})
     service.wait(job["id"], running_at(5))
     t0 = time.time()
-    assert service.http.post(f"/v1/jobs/{job['id']}/cancel").json()["cancel_requested"] is True
+    assert service.http.post(f"/v1/jobs/{job['id']}:cancel").json()["cancel_requested"] is True
     done = service.wait(job["id"], timeout=20)
     assert done["status"] == "cancelled" and time.time() - t0 < 3  # well inside the grace period
     attempt = done["attempts"][-1]
@@ -119,7 +119,7 @@ def test_cancel_kills_a_stage_that_ignores_sigterm(service):
     job = service.submit({"name": "stubborn", "stages": [stage(steps=10_000, step_time=0.02, ignore_sigterm=True)]})
     service.wait(job["id"], running_at(3))
     t0 = time.time()
-    service.http.post(f"/v1/jobs/{job['id']}/cancel")
+    service.http.post(f"/v1/jobs/{job['id']}:cancel")
     done = service.wait(job["id"], timeout=30)
     assert done["status"] == "cancelled" and time.time() - t0 >= 3  # TINYFORGE_CANCEL_GRACE_S
     assert done["attempts"][-1]["exit_code"] == 137
@@ -263,7 +263,7 @@ def test_local_launcher_runs_torchrun_for_several_processes(service):
 def test_read_only_token_cannot_cancel(service):
     job = service.submit({"name": "guarded", "stages": [stage()]})
     ro = service.http.post("/v1/tokens", json={"scope": "read"}).json()["token"]
-    r = httpx.post(f"{service.url}/v1/jobs/{job['id']}/cancel", headers={"Authorization": f"Bearer {ro}"})
+    r = httpx.post(f"{service.url}/v1/jobs/{job['id']}:cancel", headers={"Authorization": f"Bearer {ro}"})
     assert r.status_code == 403 and service.job(job["id"])["status"] == "queued"
 
 

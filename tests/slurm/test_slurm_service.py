@@ -47,7 +47,7 @@ def test_cancel_stops_the_slurm_job_after_its_checkpoint(service, slurm):
     job = service.submit({"name": "long", "resources": SLURM,
                           "stages": [fixtures.stage(steps=10_000, step_time=0.02)]})
     service.wait(job["id"], lambda j: (j["stages"][0].get("step") or 0) >= 5, timeout=60)
-    service.http.post(f"/v1/jobs/{job['id']}/cancel")
+    service.http.post(f"/v1/jobs/{job['id']}:cancel")
     done = service.wait(job["id"], timeout=30)
     assert done["status"] == "cancelled" and done["attempts"][-1]["exit_code"] == 143
     assert any("stopped by SIGTERM" in x for x in lines(service, job["id"], "stderr"))

@@ -11,13 +11,15 @@ export const session = {
   get canSubmit() { return this.scope === 'submit'; },
 };
 
+// An error answer: an RFC 9457 problem (application/problem+json) with `detail` and, for bad input,
+// the fields under `errors` ([{loc, field, msg, type}]).
 export class ApiError extends Error {
-  constructor(status, detail) {
-    const text = Array.isArray(detail) ? detail.map((d) => `${d.field}: ${d.msg}`).join('; ') : String(detail);
+  constructor(status, detail, errors = null) {
+    const text = errors?.length ? errors.map((d) => `${d.field}: ${d.msg}`).join('; ') : String(detail);
     super(`${status}: ${text}`);
     this.status = status;
     this.detail = detail;
-    this.errors = Array.isArray(detail) ? detail : null; // [{loc, field, msg, type}] on 422
+    this.errors = errors?.length ? errors : null;
   }
 }
 
@@ -29,9 +31,9 @@ function headers(extra = {}) {
 }
 
 async function failure(r) {
-  let detail = r.statusText;
-  try { detail = (await r.json()).detail ?? detail; } catch { /* not JSON */ }
-  return new ApiError(r.status, detail);
+  let problem = {};
+  try { problem = await r.json(); } catch { /* not JSON */ }
+  return new ApiError(r.status, problem.detail ?? problem.title ?? r.statusText, problem.errors);
 }
 
 // JSON in and out. body: an object (sent as JSON) or {text, type} (sent as is, e.g. YAML).

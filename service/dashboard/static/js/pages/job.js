@@ -76,7 +76,7 @@ export function jobPage(root, jobId) {
       : `Retry "${job.name}"? A new attempt starts; stages that succeeded are kept.`;
     if (!(await confirmDialog(`${verb} job`, msg, `${verb} job`, what === 'cancel'))) return;
     try {
-      job = await api(`/v1/jobs/${encodeURIComponent(jobId)}/${what}`, { method: 'POST' });
+      job = await api(`/v1/jobs/${encodeURIComponent(jobId)}:${what}`, { method: 'POST' }); // custom methods
       toast(what === 'cancel' ? 'Cancel requested' : 'Retry queued', 'ok');
       finalMetrics = false;
       if (what === 'retry' && logs.el.dataset.ended) { // the log goes on: follow it again
