@@ -7,8 +7,10 @@ documents end with the tokenizer's eos, and the ids are written as flat uint16/u
 with a meta.json beside them."""
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
+import lzma
 import os
 import shutil
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ import torch
 from engine.tokenizers import smallest_dtype
 
 TEXT_SUFFIXES = {".txt", ".md", ".py", ".json", ".jsonl", ".text", ""}
+COMPRESSED = {".xz": lzma.open, ".gz": gzip.open}  # read transparently: FILE.txt.xz, FILE.jsonl.gz, ...
 SHARD_TOKENS = 1 << 27  # tokens per shard file
 
 
@@ -36,7 +39,7 @@ def list_files(sources: list[str]) -> list[Path]:
             raise DataError(f"data.sources: {src} does not exist")
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
-                           and (f.suffix in TEXT_SUFFIXES or f.name.endswith(".txt")))
+                           and text_suffix(f) in TEXT_SUFFIXES)
             files.extend(found)
         else:
             files.append(p)
@@ -45,20 +48,45 @@ def list_files(sources: list[str]) -> list[Path]:
     return files
 
 
+def text_suffix(path: Path) -> str:
+    """The suffix of the text inside: `.txt` for a.txt, a.txt.xz and a.txt.gz."""
+    path = Path(path)
+    return Path(path.stem).suffix if path.suffix in COMPRESSED else path.suffix
+
+
+def open_text(path: Path):
+    """A UTF-8 text stream with universal newlines (as read_text), decompressing .xz and .gz."""
+    path = Path(path)
+    opener = COMPRESSED.get(path.suffix)
+    return opener(path, "rt", encoding="utf-8") if opener else path.open(encoding="utf-8")
+
+
+def _read_error(path: Path, exc: Exception) -> DataError:
+    if isinstance(exc, UnicodeDecodeError):
+        return DataError(f"data.sources: {path} is not UTF-8 text ({exc})")
+    return DataError(f"data.sources: {path} is not a readable {path.suffix} file ({exc})")
+
+
+READ_ERRORS = (UnicodeDecodeError, lzma.LZMAError, gzip.BadGzipFile, EOFError)
+
+
 def iter_documents(path: Path) -> Iterator[str]:
-    if path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        yield json.loads(line)["text"]
-                    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                        raise DataError(f"data.sources: {path}:{n} is not a JSON object with a 'text' field ({exc})")
-    else:
-        try:
-            yield path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise DataError(f"data.sources: {path} is not UTF-8 text ({exc})")
+    try:
+        if text_suffix(path) == ".jsonl":
+            with open_text(path) as f:
+                for n, line in enumerate(f, 1):
+                    if line.strip():
+                        try:
+                            yield json.loads(line)["text"]
+                        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                            raise DataError(f"data.sources: {path}:{n} is not a JSON object with a 'text' field "
+                                            f"({exc})")
+        else:
+            with open_text(path) as f:
+                text = f.read()
+            yield text
+    except READ_ERRORS as exc:
+        raise _read_error(path, exc) from None
 
 
 def chunk_lines(text: str, chunk_bytes: int) -> list[str]:

@@ -74,11 +74,11 @@ def count_text(model, sources: list[str], workers: int | None = None, chunk_byte
     """Encode `sources` (files, folders, JSONL) with `model` on `workers` processes (default: all
     cores) and count every token id. `progress(done_bytes, total_bytes, elapsed_s)` is called every
     `progress_every_s` seconds."""
-    from engine.spm.corpus import batches, corpus_files, iter_chunks
+    from engine.spm.corpus import batches, corpus_files, iter_chunks, text_size
 
     proto = model_bytes(model)
     files = corpus_files(sources)
-    total = sum(f.stat().st_size for f in files)
+    total = sum(map(text_size, files)) if progress else 0
     workers = max(1, workers or os.cpu_count() or 1)
     _init_worker(proto)
     counts = np.zeros(_SP.get_piece_size(), dtype=np.int64)
