@@ -27,6 +27,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     """q [B, Hq, T, D], k/v [B, Hkv, T, D] -> [B, Hq, T, D]."""
     if q.shape[1] % k.shape[1]:
         raise ValueError(f"attention: query heads {q.shape[1]} are not a multiple of key/value heads {k.shape[1]}")
+    if torch.are_deterministic_algorithms_enabled():  # deterministic: true (engine/determinism.py)
+        with sdpa_kernel([SDPBackend.MATH]):  # the fused backends' backward passes vary in reduction order
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
     fa = flash_attn_func()
     if fa is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256:
         # flash-attn takes [B, T, H, D] and handles GQA itself; for q/k/v viewed from a [B, T, H, D]
