@@ -42,8 +42,11 @@ def test_bad_input_exits_2_naming_the_field_and_writes_nothing(tmp_path):
                    "--out", tmp_path / "run")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: vocab_sise:")
     assert not (tmp_path / "run").exists()
-    proc = run_cli("tokenizer", "--config", write(tmp_path, {"action": "compact"}), "--out", tmp_path / "run")
-    assert proc.returncode == 2 and "compact_vocab: required when action is compact" in proc.stderr
+    proc = run_cli("tokenizer", "--config", write(tmp_path, {"compact_vocab": 512, "compact_coverage": 0.9}),
+                   "--out", tmp_path / "run")
+    assert proc.returncode == 2 and "compact_coverage: give either compact_vocab (512, a fixed size) or " \
+        "compact_coverage (0.9, the smallest size reaching that share), not both" in proc.stderr
+    assert not (tmp_path / "run").exists()
     model = trained("bpe", 4000)
     proc = run_cli("tokenizer", "compact", "--model", model, "--vocab", 100, "--out", tmp_path / "c.model")
     assert proc.returncode == 2

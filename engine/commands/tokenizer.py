@@ -105,24 +105,42 @@ def count(model, sources, shards, shard_dtype, workers, out):
 
 @tokenizer.command()
 @model_option
-@click.option("--vocab", "vocab_size", required=True, type=int, help="pieces to keep (compact_vocab)")
+@click.option("--vocab", "vocab_size", type=int, default=None, help="a fixed number of pieces to keep (compact_vocab)")
+@click.option("--coverage", type=float, default=None,
+              help="keep the smallest vocabulary covering this share of MODEL's token occurrences (compact_coverage; "
+                   "default 0.98 unless --vocab is given)")
 @click.option("--counts", type=click.Path(dir_okay=False), help="frequency file from `count` (.npy/.tsv)")
 @corpus_option
 @workers_option
 @click.option("--no-closure", is_flag=True, help="BPE: do not keep the pieces merges pass through (for comparison)")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="the compact .model to write")
 @stage_command
-def compact(model, vocab_size, counts, sources, workers, no_closure, out):
-    """Keep the VOCAB most useful pieces of MODEL; writes OUT, OUT.id_map.{json,npy} and OUT.json."""
+def compact(model, vocab_size, coverage, counts, sources, workers, no_closure, out):
+    """Keep the smallest vocabulary of MODEL covering --coverage (default 0.98) of its tokens on the
+    corpus, or the --vocab most useful pieces; writes OUT, OUT.id_map.{json,npy} and OUT.json. Counted
+    from a corpus (not --counts), the summary also gives tokens per byte and byte-piece share of both."""
     from engine.spm import count as C
     from engine.spm.compact import compact_model
     from engine.spm.proto import load_proto
+    from engine.spm.spec import DEFAULT_COVERAGE
 
     n = len(load_proto(model).pieces)
     if counts and sources:
         raise ValueError("--counts: give either --counts or --corpus, not both")
-    freq = C.load_counts(counts, n) if counts else C.count_text(model, _sources(sources), workers).counts
-    s = compact_model(model, freq, vocab_size, out, closure=not no_closure, log=lambda m: click.echo(m, err=True))
+    if vocab_size is not None and coverage is not None:
+        raise ValueError(f"compact_coverage (--coverage): give either --vocab ({vocab_size}, a fixed size) or --coverage "
+                         f"({coverage}, the smallest size reaching that share), not both")
+    if vocab_size is None and coverage is None:
+        coverage = DEFAULT_COVERAGE
+    large_bytes = None
+    if counts:
+        freq = C.load_counts(counts, n)
+    else:
+        c = C.count_text(model, _sources(sources), workers)
+        freq, large_bytes = c.counts, c.n_bytes
+    s = compact_model(model, freq, vocab_size, out, closure=not no_closure, log=lambda m: click.echo(m, err=True),
+                      coverage=coverage, sources=None if counts else _sources(sources), workers=workers,
+                      large_bytes=large_bytes)
     if s.get("unreachable"):
         click.echo(f"unreachable kept pieces ({len(s['unreachable'])}): {' '.join(s['unreachable'][:20])}", err=True)
     click.echo(f"{s['model']}  id map {s['id_map']}")

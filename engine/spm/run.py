@@ -62,6 +62,7 @@ def run_stage(spec: TokenizerStageSpec, out_dir: str | Path, log=print) -> dict:
         m = load_proto(large)
         pieces = [p.piece for p in m.pieces]
         phase("count")
+        large_bytes = None  # the bytes the counts were taken over, when they come from encoding `sources`
         if spec.counts:
             counts = C.load_counts(spec.counts, len(pieces))
         else:
@@ -74,13 +75,18 @@ def run_stage(spec: TokenizerStageSpec, out_dir: str | Path, log=print) -> dict:
                 log(f"counted {c.tokens:,} tokens in {c.n_bytes:,} bytes in {c.seconds:.2f}s "
                     f"({c.n_bytes / max(c.seconds, 1e-9) / 2**20:.2f} MiB/s)")
             counts = c.counts
+            large_bytes = None if spec.shards else c.n_bytes  # counted by encoding `sources`: reused for the cost
             npy, tsv = C.save_counts(counts, out / "counts", pieces)
             artifacts += [_art("counts", npy, "data"), _art("counts_tsv", tsv, "data")]
             summary.update(tokens=c.tokens, bytes=c.n_bytes, count_s=round(c.seconds, 3))
         summary.update(distinct_tokens=int((counts > 0).sum()), original_vocab=len(pieces))
         if spec.action == "compact":
             phase("compact")
-            s = compact_model(large, counts, spec.compact_vocab, out / "compact.model", closure=spec.closure, log=log)
+            s = compact_model(large, counts, spec.compact_vocab, out / "compact.model", closure=spec.closure, log=log,
+                              coverage=spec.compact_coverage, sources=spec.sources, workers=spec.workers,
+                              chunk_bytes=spec.chunk_bytes, large_bytes=large_bytes)
+            for w in s["warnings"]:
+                rec.event("warning", w, coverage=s["coverage"], vocab=s["vocab"])
             artifacts = [_art("tokenizer", s["model"], "tokenizer"), _art("id_map", s["id_map"], "data"),
                          _art("id_map_npy", s["id_map_npy"], "data"), *artifacts,
                          _art("compact_summary", out / "compact.json", "report")]

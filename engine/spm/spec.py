@@ -3,7 +3,9 @@
 One stage, four actions:
 - train:   train a SentencePiece model on `sources` (the stand-in large tokenizer);
 - count:   token frequencies of `model` (or a freshly trained one) over `sources` or `shards`;
-- compact: count, then keep `compact_vocab` pieces (the default: what the recipe runs);
+- compact: count, then keep the smallest vocabulary covering `compact_coverage` (default 0.98) of
+           the large tokenizer's token occurrences, or exactly `compact_vocab` pieces (the default
+           action: what the recipe runs);
 - report:  coverage / tokens per byte / byte fallback / embedding share at `sizes`."""
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from engine.spec import Strict
 
 DEFAULT_SIZES = (8000, 16000, 32000, 48000, 72000)
 DEFAULT_PRESET = "pangu-pi-1b-pro"  # the paper's 1B model: where the embedding share matters
+DEFAULT_COVERAGE = 0.98  # compact_coverage: the paper keeps 97.86% of the large tokenizer's token occurrences
+WARN_COVERAGE = 0.95  # below this compaction is too deep: a `warning:` log line and a run-record event
 
 
 class TokenizerStageSpec(Strict):
@@ -41,7 +45,12 @@ class TokenizerStageSpec(Strict):
     chunk_bytes: PositiveInt = Field(4096, description="text is encoded in line-aligned chunks of this size, "
                                                        "as the data pipeline does")
     # compact
-    compact_vocab: PositiveInt | None = Field(None, description="pieces the compact tokenizer keeps")
+    compact_vocab: PositiveInt | None = Field(None, description="a fixed size: pieces the compact tokenizer keeps "
+                                                               "(instead of compact_coverage)")
+    compact_coverage: float | None = Field(DEFAULT_COVERAGE, gt=0, le=1,
+                                           description="the smallest vocabulary keeping this share of the large "
+                                                       "tokenizer's token occurrences on the corpus, merge closure "
+                                                       "included (unused when compact_vocab is given)")
     closure: bool = Field(True, description="BPE: keep the pieces that kept pieces' merges pass through")
     # report
     sizes: list[PositiveInt] = Field(default_factory=lambda: list(DEFAULT_SIZES), min_length=1)
@@ -51,8 +60,14 @@ class TokenizerStageSpec(Strict):
     def _check(self):
         from engine.config import PRESETS
 
-        if self.action == "compact" and self.compact_vocab is None:
-            raise ValueError("compact_vocab: required when action is compact")
+        if self.compact_vocab is not None and self.compact_coverage is not None:
+            if "compact_coverage" in self.model_fields_set:
+                raise ValueError(f"compact_coverage: give either compact_vocab ({self.compact_vocab}, a fixed size) or "
+                                 f"compact_coverage ({self.compact_coverage}, the smallest size reaching that share), "
+                                 "not both")
+            self.compact_coverage = None  # the fixed size decides (a dumped config reloads the same)
+        if self.action == "compact" and self.compact_vocab is None and self.compact_coverage is None:
+            raise ValueError("compact_coverage: give compact_coverage (e.g. 0.98) or compact_vocab")
         if self.action == "train":
             for name in ("model", "counts"):
                 if getattr(self, name):
