@@ -6,7 +6,9 @@ Adapters to our operator shapes (engine/ops.py):
 - rms_norm: casting_mode="llama" (fp32 statistics, like the reference); in_place=False, because in
   place Liger writes dx over the incoming dy, safe only when nothing else reads that gradient.
 - rotary: Liger rotates q and k together, in place, reading only the first half of cos/sin (which is
-  duplicated in Llama's tables); we rotate one tensor, so k is a 1-head scratch copy.
+  duplicated in Llama's tables); we rotate one tensor, so k is a 1-head scratch copy, and q a copy too:
+  Liger's transpose + contiguous is no copy for a q viewed from a [B, T, H, D] projection, so it would
+  rotate the caller's tensor (the projection output autograd saved) in place.
 - swiglu: takes gate and up separately, each contiguous.
 """
 from __future__ import annotations
@@ -32,7 +34,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     scratch_k = x[:, :1].detach().clone()
-    out = _functional().liger_rope(x, scratch_k, cos.reshape(1, *cos.shape[-2:]), sin.reshape(1, *sin.shape[-2:]))
+    q = x.clone(memory_format=torch.preserve_format)  # keeps a projection view's layout: one copy, not two
+    out = _functional().liger_rope(q, scratch_k, cos.reshape(1, *cos.shape[-2:]), sin.reshape(1, *sin.shape[-2:]))
     return out[0]
 
 

@@ -55,11 +55,15 @@ def _rms_norm_bwd(DY, X, W, RSTD, DX, DW_PARTIAL, n_rows, n_cols, rows_per_progr
     tl.store(DW_PARTIAL + pid * n_cols + cols, dw, mask=col_mask)
 
 
-def _blocks(n_cols: int) -> tuple[int, int]:
+def _blocks(n_cols: int) -> tuple[int, int, int]:
+    """(rows per program, padded width, warps). One row of a wide block held by the default 4 warps spills
+    registers (65,536 fp32 values over 128 threads), so warps grow with the width as in Liger's
+    calculate_settings."""
     if n_cols > MAX_HIDDEN:
         raise ValueError(f"rms_norm: hidden size {n_cols} exceeds the kernel's limit {MAX_HIDDEN}")
     block_n = triton.next_power_of_2(n_cols)
-    return max(1, min(16, 4096 // block_n)), block_n
+    num_warps = 32 if block_n >= 32768 else 16 if block_n >= 8192 else 8 if block_n >= 2048 else 4
+    return max(1, min(16, 4096 // block_n)), block_n, num_warps
 
 
 class TritonRMSNorm(torch.autograd.Function):
@@ -68,11 +72,12 @@ class TritonRMSNorm(torch.autograd.Function):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).contiguous()
         n_rows, n_cols = x2.shape
-        block_m, block_n = _blocks(n_cols)
+        block_m, block_n, num_warps = _blocks(n_cols)
         y = torch.empty_like(x2)
         rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
         _rms_norm_fwd[(triton.cdiv(n_rows, block_m),)](x2, weight, y, rstd, n_rows, n_cols, x2.stride(0),
-                                                        y.stride(0), eps, BLOCK_M=block_m, BLOCK_N=block_n)
+                                                        y.stride(0), eps, BLOCK_M=block_m, BLOCK_N=block_n,
+                                                        num_warps=num_warps)
         ctx.save_for_backward(x2, weight, rstd)
         return y.view(shape)
 
@@ -81,7 +86,7 @@ class TritonRMSNorm(torch.autograd.Function):
         x2, weight, rstd = ctx.saved_tensors
         dy2 = dy.reshape(x2.shape).contiguous()
         n_rows, n_cols = x2.shape
-        block_m, block_n = _blocks(n_cols)
+        block_m, block_n, num_warps = _blocks(n_cols)
         n_blocks = triton.cdiv(n_rows, block_m)
         programs = row_programs(n_blocks, x2.device)
         rows_per_program = triton.cdiv(n_blocks, programs) * block_m
@@ -89,7 +94,8 @@ class TritonRMSNorm(torch.autograd.Function):
         dx = torch.empty_like(x2)
         dw_partial = torch.empty(programs, n_cols, dtype=torch.float32, device=x2.device)
         _rms_norm_bwd[(programs,)](dy2, x2, weight, rstd, dx, dw_partial, n_rows, n_cols, rows_per_program,
-                                   dy2.stride(0), x2.stride(0), dx.stride(0), BLOCK_M=block_m, BLOCK_N=block_n)
+                                   dy2.stride(0), x2.stride(0), dx.stride(0), BLOCK_M=block_m, BLOCK_N=block_n,
+                                   num_warps=num_warps)
         return dx.view(dy.shape), dw_partial.sum(0).to(weight.dtype), None
 
 

@@ -14,30 +14,83 @@ import torch
 STRATEGIES = ("none", "ddp", "zero1", "zero2", "zero3")
 
 
-def deepspeed_config(spec, world_size: int, backend_name: str) -> dict:
+def deepspeed_config(spec, world_size: int, backend_name: str, autocast_dtype=None) -> dict:
     """The DeepSpeed JSON generated from the job config; `parallel.deepspeed_config` (a raw DeepSpeed
-    JSON file) is merged over it."""
+    JSON file) is deep-merged over it, then what the job config owns is asserted again: the ZeRO stage
+    (from parallel.strategy), the batch sizes and the precision. A file that only sets
+    zero_optimization.offload_param must not drop zero_optimization.stage (DeepSpeed would silently run
+    stage 0)."""
     stage = int(spec.parallel.strategy[-1])
-    cfg = {
+    owned = {
         "train_batch_size": spec.batch_size,
         "train_micro_batch_size_per_gpu": spec.micro_batch,
         "gradient_accumulation_steps": spec.batch_size // (spec.micro_batch * world_size),
-        "gradient_clipping": spec.optim.grad_clip,
         "zero_optimization": {"stage": stage},
+    }
+    cfg = deep_merge(owned, {
+        "gradient_clipping": spec.optim.grad_clip,
         "zero_allow_untested_optimizer": True,  # our AdamW from the operator table is a client optimizer
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
-    }
+    })
     if spec.parallel.deepspeed_config:
         path = Path(spec.parallel.deepspeed_config)
         if not path.is_file():
             raise ValueError(f"parallel.deepspeed_config: {path} does not exist")
         try:
-            cfg.update(json.loads(path.read_text()))
+            user = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
             raise ValueError(f"parallel.deepspeed_config: {path} is not valid JSON ({exc})")
+        if not isinstance(user, dict):
+            raise ValueError(f"parallel.deepspeed_config: {path} must hold a JSON object")
+        for key, ours in _flat(owned):
+            theirs = _get(user, key)
+            if theirs not in (None, "auto", ours):  # "auto": DeepSpeed's placeholder, ours fills it
+                raise ValueError(f"parallel.deepspeed_config: {'.'.join(key)}={theirs!r} contradicts the job config "
+                                 f"({ours!r}); set it there (parallel.strategy, batch_size, micro_batch)")
+        for section in ("fp16", "bf16", "torch_autocast", "amp"):
+            if (user.get(section) or {}).get("enabled"):
+                raise ValueError(f"parallel.deepspeed_config: {section}.enabled is set by the job's precision; "
+                                 "remove it from the DeepSpeed JSON")
+        cfg = deep_merge(cfg, user)
+    cfg = deep_merge(cfg, owned)  # asserted again after the merge
+    # Precision goes through DeepSpeed's own torch_autocast section (not an outer autocast around the
+    # engine): DeepSpeed then knows the dtype, reduces the Linear layers' gradients in it, and keeps
+    # fp32 master weights, which is the engine's bf16-autocast-over-fp32 semantics.
+    if autocast_dtype is not None:
+        cfg["torch_autocast"] = {"enabled": True, "dtype": str(autocast_dtype).removeprefix("torch.")}
+    offload = (cfg["zero_optimization"].get("offload_optimizer") or {}).get("device", "none")
+    if offload == "cpu":
+        # The client AdamW then steps ZeRO's fp32 partitions on the CPU; DeepSpeed 0.19 refuses a client
+        # optimizer with offload unless told it is intended.
+        cfg["zero_force_ds_cpu_optimizer"] = False
     check_deepspeed_config(cfg, backend_name)
     return cfg
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """A copy of `base` with `over` merged in, recursively for nested objects."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else value
+    return out
+
+
+def _flat(d: dict, prefix=()):
+    for key, value in d.items():
+        if isinstance(value, dict):
+            yield from _flat(value, (*prefix, key))
+        else:
+            yield (*prefix, key), value
+
+
+def _get(d: dict, key: tuple):
+    for part in key:
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
 
 
 def check_deepspeed_config(cfg: dict, backend_name: str) -> None:
@@ -51,16 +104,11 @@ def check_deepspeed_config(cfg: dict, backend_name: str) -> None:
         if device == "cpu" and backend_name == "cpu":
             raise ValueError(f"parallel.deepspeed_config: zero_optimization.{key}.device=cpu offloads to the CPU "
                              "from an accelerator; the job already runs on the CPU backend")
-        if key == "offload_optimizer" and device == "cpu":
-            try:  # DeepSpeedCPUAdam is a JIT-compiled C++ op: check the compiler now, not after an hour
-                from deepspeed.ops.op_builder import CPUAdamBuilder
-                if not CPUAdamBuilder().is_compatible(verbose=False):
-                    raise RuntimeError
-            except Exception:
-                raise ValueError("parallel.deepspeed_config: zero_optimization.offload_optimizer needs the "
-                                 "DeepSpeedCPUAdam op, which cannot be built here (missing compiler or headers)")
-    if cfg.get("fp16", {}).get("enabled") and backend_name == "cpu":
-        raise ValueError("parallel.deepspeed_config: fp16 is not supported by DeepSpeed on the CPU; use bf16 or fp32")
+    if zero.get("offload_param") and int(zero.get("stage", 0)) != 3:
+        raise ValueError("parallel.deepspeed_config: zero_optimization.offload_param needs ZeRO stage 3 "
+                         "(parallel.strategy: zero3)")
+    if zero.get("offload_optimizer") and int(zero.get("stage", 0)) == 0:
+        raise ValueError("parallel.deepspeed_config: zero_optimization.offload_optimizer needs a ZeRO stage")
 
 
 class Parallel:
@@ -80,7 +128,8 @@ class Parallel:
             if self.strategy == "zero3":  # the fused loss reads lm_head.weight outside lm_head's forward
                 deepspeed.zero.register_external_parameter(model, model.lm_head.weight)
             self.engine, self.optimizer, _, _ = deepspeed.initialize(
-                model=model, optimizer=optimizer, config=deepspeed_config(spec, world.size, backend.name))
+                model=model, optimizer=optimizer,
+                config=deepspeed_config(spec, world.size, backend.name, backend.autocast_dtype))
             self.wrapped = self.engine
         else:
             self.wrapped = model
@@ -89,7 +138,8 @@ class Parallel:
         last = micro_index == self.accum - 1
         sync = self.wrapped.no_sync() if (self.strategy == "ddp" and not last) else nullcontext()
         with sync:
-            with autocast:
+            # DeepSpeed applies the job's precision itself (its torch_autocast section)
+            with nullcontext() if self.engine is not None else autocast:
                 loss = self.wrapped(x, y)
             if self.engine is not None:
                 # DeepSpeed divides by the accumulation steps itself, and its step() must follow every

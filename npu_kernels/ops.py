@@ -64,10 +64,17 @@ class _FusedOrForeachAdamW(torch.optim.AdamW):
     def step(self, closure=None):
         if getattr(self, "_checked", False):
             return super().step(closure)
+        # a resume loads moments before the first step; the failed fused step may already have counted itself
+        steps = {p: st["step"].clone() for p, st in self.state.items() if "step" in st}
         try:
             out = super().step(closure)
         except (RuntimeError, NotImplementedError) as exc:
             log.warning("adamw: the fused kernel failed on its first step (%s); using foreach", exc)
+            for p in list(self.state):
+                if p in steps:
+                    self.state[p]["step"] = steps[p]
+                else:  # created by the failed step: the foreach step creates it again
+                    del self.state[p]
             for group in self.param_groups:
                 group["fused"], group["foreach"] = False, True
             self.defaults.update(fused=False, foreach=True)
