@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from engine.tokenizers import smallest_dtype
+from engine.tokenizers import smallest_dtype, token_byte_lengths
 
 TEXT_SUFFIXES = {".txt", ".md", ".py", ".json", ".jsonl", ".text", ""}
 COMPRESSED = {".xz": lzma.open, ".gz": gzip.open}  # read transparently: FILE.txt.xz, FILE.jsonl.gz, ...
@@ -112,7 +112,7 @@ def dataset_key(files: list[Path], tokenizer, val_fraction: float, chunk_bytes: 
     for f in files:
         st = f.stat()
         h.update(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-    h.update(f"{tokenizer.fingerprint()}:{val_fraction}:{chunk_bytes}:v1".encode())
+    h.update(f"{tokenizer.fingerprint()}:{val_fraction}:{chunk_bytes}:v2".encode())  # v2: token_bytes.npy
     return h.hexdigest()[:20]
 
 
@@ -143,10 +143,15 @@ def prepare(sources: list[str], tokenizer, cache_root: Path, val_fraction: float
     if counts["train"] == 0 or sum(n_bytes.values()) == 0:
         shutil.rmtree(tmp)
         raise DataError(f"data.sources: the corpus {sources} is empty")
+    table = token_byte_lengths(tokenizer)  # what bits-per-byte divides by (engine/tokenizers.py has the convention)
+    np.save(tmp / "token_bytes.npy", table)
+    token_bytes = {split: int(sum(np.bincount(np.memmap(tmp / n, dtype=dtype, mode="r"), minlength=len(table)) @ table
+                                  for n in w.names)) for split, w in writers.items()}
     meta = {"dtype": np.dtype(dtype).name, "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id,
             "tokenizer": tokenizer.name, "tokenizer_fingerprint": tokenizer.fingerprint(),
             "sources": [str(f) for f in files], "val_fraction": val_fraction, "chunk_bytes": chunk_bytes,
-            "tokens": counts, "bytes": n_bytes, "shards": {s: w.names for s, w in writers.items()}}
+            "tokens": counts, "bytes": n_bytes, "token_bytes": token_bytes,
+            "shards": {s: w.names for s, w in writers.items()}}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     try:
         tmp.rename(out)
@@ -190,10 +195,16 @@ class ShardWriter:
 
 @dataclass
 class TokenData:
-    """One split as fixed windows of seq_len + 1 tokens, never crossing a shard boundary."""
+    """One split as fixed windows of seq_len + 1 tokens, never crossing a shard boundary.
+
+    `token_bytes[id]` is the UTF-8 bytes an id decodes to (engine.tokenizers.token_byte_lengths):
+    bits-per-byte over scored targets y is their summed loss / ln 2 / token_bytes[y].sum().
+    `mean_bytes_per_token` is the whole split's text bytes / tokens (eos included): for converting
+    token counts of training into bytes of text, never for scoring a subset."""
     shards: list[np.ndarray]
     seq_len: int
-    bytes_per_token: float
+    token_bytes: np.ndarray
+    mean_bytes_per_token: float
 
     @classmethod
     def open(cls, root: Path, split: str, seq_len: int, vocab_limit: int | None = None) -> "TokenData":
@@ -203,7 +214,7 @@ class TokenData:
                             "ids; token ids would be out of range")
         shards = [np.memmap(Path(root) / n, dtype=meta["dtype"], mode="r") for n in meta["shards"][split]]
         tokens = max(meta["tokens"][split], 1)
-        return cls(shards, seq_len, meta["bytes"][split] / tokens)
+        return cls(shards, seq_len, np.load(Path(root) / "token_bytes.npy"), meta["bytes"][split] / tokens)
 
     def __post_init__(self):
         self.per_shard = [max((len(s) - 1) // self.seq_len, 0) for s in self.shards]
@@ -220,6 +231,11 @@ class TokenData:
     def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         w = torch.from_numpy(np.stack([self.window(int(i)).astype(np.int64) for i in indices]))
         return w[:, :-1], w[:, 1:]
+
+    def target_bytes(self, y) -> int:
+        """UTF-8 bytes of text that the target ids `y` (any shape) stand for."""
+        y = y.numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+        return int(self.token_bytes[y].sum(dtype=np.int64))
 
 
 class BatchSampler:

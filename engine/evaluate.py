@@ -58,5 +58,6 @@ def run_eval(spec: EvalSpec, out_dir: str | Path, log=print) -> dict:
     log(f"{path}: val loss {metrics['loss']:.4f} ppl {metrics['ppl']:.2f} bpb {metrics['bpb']:.4f}")
     inputs = [str(path), *spec.data.sources] + ([spec.data.tokenizer] if spec.data.tokenizer != "byte" else [])
     return record.result("eval", {"checkpoint": str(path), "val_loss": metrics["loss"], "val_ppl": metrics["ppl"],
-                                  "val_bpb": metrics["bpb"], "params": sum(p.numel() for p in model.parameters())},
+                                  "val_bpb": metrics["bpb"], "val_tokens": metrics["tokens"],
+                                  "val_bytes": metrics["bytes"], "params": sum(p.numel() for p in model.parameters())},
                          [], inputs)

@@ -41,6 +41,9 @@ def markdown(r: dict) -> str:
         for name in ("parent", "inherited", "random_init"):
             if ev.get(name):
                 lines.append(f"| {name.replace('_', ' ')} | {_fmt(ev[name]['loss'])} | {_fmt(ev[name].get('bpb'))} |")
+        if r.get("heldout_scored"):
+            lines += ["", f"Over the first {r['heldout_scored']['tokens']:,} held-out target tokens "
+                      f"({r['heldout_scored']['bytes']:,} bytes of text); bits/byte divides by those bytes."]
         lines.append("")
     d = r["depth"]
     lines += ["## Layers", "", "| parent layer | score | kept as |", "| --- | --- | --- |"]

@@ -31,9 +31,10 @@ PHASES = ("depth", "width", "slice", "eval", "report")
 
 
 def token_windows(calib, tokenizer_spec: str, split: str, n_batches: int, seed: int | None, vocab_limit: int,
-                  log=print) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], float]:
+                  log=print) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int]:
     """n_batches x micro_batch windows of calib.seq_len tokens: a seeded sample of the train split
-    (calibration), or the first windows of the validation split (seed None, as the trainer evaluates)."""
+    (calibration), or the first windows of the validation split (seed None, as the trainer evaluates);
+    and the UTF-8 bytes of text their targets stand for (the bits-per-byte denominator, as evaluate())."""
     from engine.data import DataError, TokenData, prepare
     from engine.tokenizers import load_tokenizer
 
@@ -50,7 +51,8 @@ def token_windows(calib, tokenizer_spec: str, split: str, n_batches: int, seed: 
         raise DataError(f"calib.sources: the {split} split has {len(data)} windows of {calib.seq_len} tokens, "
                         f"fewer than one batch of {mb}")
     windows = np.arange(n) if seed is None else np.random.default_rng(seed).permutation(len(data))[:n]
-    return [data.batch(windows[s:s + mb]) for s in range(0, n, mb)], data.bytes_per_token
+    batches = [data.batch(windows[s:s + mb]) for s in range(0, n, mb)]
+    return batches, sum(data.target_bytes(y) for _, y in batches)
 
 
 @torch.no_grad()
@@ -174,19 +176,24 @@ def inherit(spec: InheritSpec, out_dir: str | Path, log=print) -> dict:
     log(f"child checkpoint {path}")
 
     phase("eval")
-    heldout = {}
+    heldout, heldout_scored = {}, None
     if spec.eval_batches and child_tok:
-        val, bpt = token_windows(spec.calib, child_tok, "val", spec.eval_batches, None, ccfg.vocab_size, log)
+        val, val_bytes = token_windows(spec.calib, child_tok, "val", spec.eval_batches, None, ccfg.vocab_size, log)
+        val_tokens = sum(y.numel() for _, y in val)
+
+        def bits_per_byte(loss: float) -> float:  # batches share one shape: the mean of batch means is per token
+            return loss * val_tokens / np.log(2) / val_bytes
         child = load_child(state, ccfg).to(device)
         torch.manual_seed(spec.seed)
         from engine.model import GPT
         rand = GPT(ccfg).to(device)
         for name, m in (("inherited", child), ("random_init", rand)):
             loss = mean_loss(m, val, device)
-            heldout[name] = {"loss": loss, "bpb": loss / np.log(2) / bpt}
+            heldout[name] = {"loss": loss, "bpb": bits_per_byte(loss)}
         if vocab is None:
             loss = mean_loss(stream, val, device, layers=range(pcfg.n_layer))
-            heldout["parent"] = {"loss": loss, "bpb": loss / np.log(2) / bpt}
+            heldout["parent"] = {"loss": loss, "bpb": bits_per_byte(loss)}
+        heldout_scored = {"tokens": val_tokens, "bytes": val_bytes}
         log("held-out loss: " + ", ".join(f"{k} {v['loss']:.4f}" for k, v in heldout.items()))
     elif spec.eval_batches:
         log("held-out loss skipped: a child with an id map needs vocab.tokenizer to be evaluated")
@@ -198,13 +205,14 @@ def inherit(spec: InheritSpec, out_dir: str | Path, log=print) -> dict:
               "child": {"config": ccfg.to_dict(), "params": count_params(ccfg).total, "tokenizer": child_tok},
               "depth": {**depth_info, "kept": layers}, "width": width_report,
               "vocab": {"id_map": str(id_map), "kept": len(vocab)} if vocab else None,
-              "heldout": heldout, "plan": plan.to_dict(), "checkpoint": str(path),
+              "heldout": heldout, "heldout_scored": heldout_scored, "plan": plan.to_dict(), "checkpoint": str(path),
               "seconds": time.perf_counter() - t0}
     paths = report_mod.write(report, out)
     record.progress(len(PHASES) * 100, len(PHASES) * 100, 0, "inherit:done")
     summary = {"checkpoint": str(path), "parent_params": report["parent"]["params"],
                "child_params": report["child"]["params"], "layers": layers, "depth": depth_info["method"],
-               "width": spec.width, **{f"{k}_loss": v["loss"] for k, v in heldout.items()}}
+               "width": spec.width, **{f"{k}_loss": v["loss"] for k, v in heldout.items()},
+               **{f"{k}_bpb": v["bpb"] for k, v in heldout.items()}}
     artifacts = [{"name": "checkpoint", "path": str(path), "type": "checkpoint"},
                  {"name": "report", "path": str(paths["json"]), "type": "report"},
                  {"name": "report_md", "path": str(paths["md"]), "type": "report"},
