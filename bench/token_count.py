@@ -9,7 +9,8 @@
 2. Encoding: engine.spm.count.count_text with 1 process and with all cores (target: near-linear).
 
 Usage: python bench/token_count.py [--corpus DIR ...] [--model M.model | --vocab 100000] [--repeat 3]
-Default corpus: /work/shared/corpus when present, else the bundled data/sample. Without --model, a BPE
+Default corpus: the repository's full corpus, data/corpus (14 MB of text, .xz per file, read as text;
+engine.paths.FULL_CORPUS); --corpus data/sample for a quick run. Without --model, a BPE
 model of --vocab pieces is trained on the corpus once and cached under $TINYFORGE_HOME/bench."""
 from __future__ import annotations
 
@@ -26,12 +27,10 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from engine.paths import BUNDLED_CORPUS, state_home
-from engine.spm.corpus import batches, corpus_files, iter_chunks
+from engine.paths import FULL_CORPUS, state_home
+from engine.spm.corpus import batches, corpus_files, iter_chunks, text_size
 from engine.spm.count import count_shards, count_text
 from engine.spm.train import train_tokenizer
-
-SHARED = Path("/work/shared/corpus")
 
 
 def tokenise_file(args) -> int:
@@ -93,7 +92,7 @@ def best_of(fn, repeat: int):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--corpus", nargs="+", default=[str(SHARED if SHARED.is_dir() else BUNDLED_CORPUS)])
+    ap.add_argument("--corpus", nargs="+", default=[str(FULL_CORPUS)])
     ap.add_argument("--model", default=None)
     ap.add_argument("--vocab", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=3)
@@ -102,7 +101,7 @@ def main():
     work = state_home() / "bench" / "token_count"
     work.mkdir(parents=True, exist_ok=True)
     files = corpus_files(args.corpus, "--corpus")
-    size = sum(f.stat().st_size for f in files)
+    size = sum(map(text_size, files))  # of text: .xz/.gz files count decompressed
     model = args.model
     if model is None:
         key = hashlib.sha1("\n".join(f"{f.resolve()}:{f.stat().st_size}" for f in files).encode()).hexdigest()[:10]
@@ -112,7 +111,8 @@ def main():
     sp = spm.SentencePieceProcessor(model_file=str(model))
     vocab = sp.get_piece_size()
     dtype = "<u2" if vocab <= 1 << 16 else "<u4"
-    print(f"corpus: {', '.join(args.corpus)} ({len(files)} files, {size / 2**20:.1f} MiB); model: {Path(model).name} "
+    shown = [os.path.relpath(c) if Path(c).resolve().is_relative_to(Path.cwd()) else c for c in args.corpus]
+    print(f"corpus: {', '.join(shown)} ({len(files)} files, {size / 2**20:.1f} MiB of text); model: {Path(model).name} "
           f"({vocab:,} pieces); {cores} cores, load average {os.getloadavg()[0]:.1f} at start")
 
     tok_dir = work / "tokenised"
