@@ -71,6 +71,7 @@ class ResourcesOut(BaseModel):
     max_restarts: int
     time_limit: float | None = None
     queue_time_limit: float | None = None
+    devices: dict[str, dict[str, Any]] | None = None  # stage -> {kind, ids, env, worker}: its accelerators
 
 
 class JobOut(BaseModel):

@@ -116,7 +116,10 @@ def get(db: Database, job_id: str, detail: bool = True) -> dict:
         stages = _rows(s, select(Stage.__table__).where(Stage.job_id == job_id))
         attempts = _rows(s, select(Attempt.__table__).where(Attempt.job_id == job_id))
         labels = dict(_rows(s, select(JobLabel.key, JobLabel.value).where(JobLabel.job_id == job_id)))
-    return job_view(job, labels, stages, attempts, detail=detail)
+        assigned = s.scalars(select(Event.data).where(Event.job_id == job_id, Event.type == "devices_assigned")
+                             .order_by(Event.id)).all()
+    devices = {d["stage"]: {k: d[k] for k in ("kind", "ids", "env", "worker")} for d in assigned if d}
+    return job_view(job, labels, stages, attempts, detail=detail, devices=devices or None)
 
 
 def list_jobs(db: Database, status: list[str] | None = None, name: str | None = None,

@@ -22,7 +22,7 @@ def attempt_view(a: Attempt) -> dict:
 
 
 def job_view(job: Job, labels: dict, stages: list[Stage], attempts: list[Attempt] | None = None,
-             detail: bool = False) -> dict:
+             detail: bool = False, devices: dict | None = None) -> dict:
     stages = sorted(stages, key=lambda st: st.position)
     current = next((st for st in stages if st.status == "running"), None) or \
         next((st for st in stages if st.status == "pending"), None)
@@ -30,7 +30,8 @@ def job_view(job: Job, labels: dict, stages: list[Stage], attempts: list[Attempt
         "id": job.id, "name": job.name, "labels": labels, "status": job.status, "priority": job.priority,
         "resources": {"backend": job.backend, "devices_per_node": job.devices_per_node, "nodes": job.nodes,
                       "launcher": job.launcher, "max_restarts": job.max_restarts,
-                      "time_limit": job.time_limit_s, "queue_time_limit": job.queue_time_limit_s},
+                      "time_limit": job.time_limit_s, "queue_time_limit": job.queue_time_limit_s,
+                      "devices": devices},  # per stage: the accelerators it was given (devices_assigned)
         "pending_reason": job.pending_reason if job.status == "queued" else None,
         "failure_class": job.failure_class, "failure_reason": job.failure_reason,
         "cancel_requested": job.cancel_requested, "restarts": job.restarts,

@@ -23,6 +23,7 @@ from service.db.models import Artifact, Attempt, Job, MetricPoint, Stage
 from service.services import lifecycle
 from service.settings import Settings
 from service.spec import STAGE_COMMANDS
+from service.worker import devices
 from service.worker.launchers import LaunchRequest, load_launcher
 from service.worker.monitor import LeaseLost, Outcome, StageMonitor
 from service.worker.scheduler import Claim
@@ -201,22 +202,70 @@ class AttemptRunner:
         if lock_fd is None:
             return Outcome("failed", "infra", f"stage {st.name}: run directory still locked by an earlier attempt")
         try:
-            return self._run_locked(job, st, run_dir, config_path, config, inputs, lock_fd)
+            held = self._devices(job, st)
+            if isinstance(held, Outcome):
+                return held
+            try:
+                return self._run_locked(job, st, run_dir, config_path, config, inputs, lock_fd, held)
+            finally:
+                if held is not None:
+                    held.release()
         finally:
             os.close(lock_fd)
 
-    def _run_locked(self, job, st, run_dir, config_path, config, inputs, lock_fd) -> Outcome:
+    @staticmethod
+    def _processes(job: Job, st: Stage) -> int:
+        return job.devices_per_node if st.kind in ("train", "rounds", "inherit") else 1
+
+    def _devices(self, job: Job, st: Stage) -> devices.Allocation | Outcome | None:
+        """This stage's own accelerators on this host (service/worker/devices.py), waiting while other
+        stages hold them; None for a CPU stage or a launcher that places devices itself (Slurm)."""
+        kind = devices.stage_kind(job.backend) if job.launcher == "local" else None
+        if kind is None:
+            return None
+        count, locks = self._processes(job, st), devices.lock_dir(self.settings.home)
+        deadline = time.time() + self.settings.cancel_grace_s + self.settings.lease_s
+        said = False
+        while True:
+            try:
+                held = devices.allocate(kind, count, locks)
+            except ValueError as exc:
+                return Outcome("failed", "infra", f"stage {st.name}: {exc}")
+            if held is not None:
+                break
+            if time.time() > deadline:
+                return Outcome("failed", "infra", f"stage {st.name}: {count} {kind} device(s) still held by "
+                                                  "other stages on this host")
+            self._retrying(lambda: self._keep_lease(st, "" if said else f"stage {st.name}: waiting for {count} "
+                                                   f"free {kind} device(s) on this host"))
+            said = True
+            time.sleep(max(0.2, min(1.0, self.settings.heartbeat_s)))
+
+        def note():
+            with self.write() as s:
+                lifecycle.add_event(s, job.id, "devices_assigned", f"stage {st.name} on {kind} {','.join(held.ids)}",
+                                    self.claim.number, {"stage": st.name, "kind": kind, "ids": held.ids,
+                                                        "env": held.env, "worker": self.worker_id})
+        try:
+            self._retrying(note)
+        except LeaseLost:
+            held.release()
+            raise
+        return held
+
+    def _run_locked(self, job, st, run_dir, config_path, config, inputs, lock_fd, held=None) -> Outcome:
         argv = [*self.settings.engine_command, STAGE_COMMANDS.get(st.kind, st.kind), "--config", str(config_path),
                 "--out", str(run_dir)]
         env = {**os.environ, "TINYFORGE_HOME": str(self.settings.home), "TINYFORGE_JOB_ID": job.id,
-               "TINYFORGE_RUN_ID": st.id, "TINYFORGE_ATTEMPT": str(self.claim.number), "PYTHONUNBUFFERED": "1"}
+               "TINYFORGE_RUN_ID": st.id, "TINYFORGE_ATTEMPT": str(self.claim.number), "PYTHONUNBUFFERED": "1",
+               **(held.env if held is not None else {})}
         launcher_cls = load_launcher(job.launcher)
         if launcher_cls is None:
             return Outcome("failed", "infra", f"launcher {job.launcher} is not available on worker {self.worker_id}")
         spec_resources = (job.spec or {}).get("resources", {})
         req = LaunchRequest(argv=argv, run_dir=run_dir, env=env, job_id=job.id, stage=st.name, backend=job.backend,
-                            processes_per_node=job.devices_per_node if st.kind in ("train", "rounds", "inherit") else 1,
-                            nodes=job.nodes, time_limit_s=job.time_limit_s, pass_fds=(lock_fd,),
+                            processes_per_node=self._processes(job, st), nodes=job.nodes,
+                            time_limit_s=job.time_limit_s, pass_fds=(lock_fd, *(held.fds if held else ())),
                             options=spec_resources.get(job.launcher) or {},
                             output_stem=f"logs/attempt-{self.claim.number}")
         started = self._retrying(lambda: self._mark_started(job, st, config, inputs))

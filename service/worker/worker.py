@@ -5,7 +5,6 @@ claiming, asks its running stage to checkpoint and exit (the attempt ends `preem
 goes back to the queue), and marks itself stopped."""
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import socket
@@ -16,6 +15,7 @@ from pathlib import Path
 from service.db import Database
 from service.services import housekeeping, workers
 from service.settings import Settings
+from service.worker.devices import candidates
 from service.worker.launchers import LAUNCHERS, load_launcher
 from service.worker.runner import AttemptRunner
 from service.worker.scheduler import claim
@@ -24,9 +24,9 @@ log = logging.getLogger("tinyforge.worker")
 
 
 def detect_devices() -> dict:
-    """Device counts without importing torch: CPU cores, NVIDIA and Ascend device nodes."""
-    return {"cpu": os.cpu_count() or 1, "cuda": len(glob.glob("/dev/nvidia[0-9]*")),
-            "npu": len(glob.glob("/dev/davinci[0-9]*"))}
+    """Device counts without importing torch: CPU cores, and the accelerators this worker may hand to its
+    stages (its CUDA_VISIBLE_DEVICES / ASCEND_RT_VISIBLE_DEVICES, else the host's device nodes)."""
+    return {"cpu": os.cpu_count() or 1, "cuda": len(candidates("cuda")), "npu": len(candidates("npu"))}
 
 
 def parse_devices(text: str) -> dict:

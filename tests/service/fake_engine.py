@@ -92,7 +92,8 @@ def main(argv: list[str]) -> int:
     atomic_write(out / "result.json", json.dumps({
         "kind": kind, "artifacts": artifacts, "inputs": [cfg["source"]] if cfg.get("source") else [],
         "summary": {"steps": steps, "echo": cfg.get("echo"), "starts": [[int(a), int(s)] for a, s in starts],
-                    "final_loss": 10.0 / steps}}))
+                    "final_loss": 10.0 / steps,
+                    "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}}))
     print(f"{kind}: done", flush=True)
     return 0
 
