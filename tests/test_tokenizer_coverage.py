@@ -105,3 +105,15 @@ def test_stage_reports_cost_and_warns_below_095(tmp_path):
     warned = [ln for ln in proc.stderr.splitlines() if ln.startswith("warning:")]
     assert len(warned) == 1 and f"keeps {s['coverage']:.2%}" in warned[0] and "below 95%" in warned[0]
     assert [e["message"] for e in events if e["event"] == "warning"] == warned == s["warnings"]
+
+
+def test_cli_compact_defaults_to_coverage_and_refuses_both(tmp_path):
+    model = trained("bpe", 2048)
+    proc = run_cli("tokenizer", "compact", "--model", model, "--out", tmp_path / "c.model", check=True)
+    s = json.loads((tmp_path / "c.json").read_text())
+    assert (s["size_rule"], s["vocab"]) == ("coverage", size_for_coverage(P.load_proto(model), counts(model), 0.98))
+    assert s["tokens_per_byte_cost"] > 1 and "tokens per byte" in proc.stderr
+    proc = run_cli("tokenizer", "compact", "--model", model, "--vocab", 512, "--coverage", 0.9,
+                   "--out", tmp_path / "d.model")
+    assert proc.returncode == 2 and "give either --vocab (512, a fixed size) or --coverage (0.9" in proc.stderr
+    assert not (tmp_path / "d.model").exists()
