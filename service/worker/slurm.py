@@ -21,6 +21,7 @@ from pathlib import Path
 from service.worker.launchers import FileTail, Launcher, LaunchRequest, Process
 
 TEMPLATE = Path(__file__).with_name("slurm.sbatch")
+SIGNAL_BEFORE_S = 120  # checkpointing a large model to shared storage takes a while
 # squeue states of a job that has not ended (squeue -o %T)
 ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED",
           "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD", "STOPPED"}
@@ -49,6 +50,14 @@ def slurm_time(seconds: float) -> str:
     h, s = divmod(s, 3600)
     m, s = divmod(s, 60)
     return f"{d}-{h:02d}:{m:02d}:{s:02d}"
+
+
+def term_before_limit(limit_s: float) -> int:
+    """Seconds before the time limit at which Slurm sends SIGTERM to the job's steps (--signal=TERM@N), so
+    the engine saves a checkpoint and exits 143 instead of being killed at the limit: two minutes, or three
+    quarters of a shorter limit (Slurm sends it up to a minute early, and rounds the limit up to minutes)."""
+    minutes = max(1, math.ceil(limit_s / 60))
+    return int(min(SIGNAL_BEFORE_S, minutes * 60 * 3 // 4))
 
 
 def exit_code_of(state: str, exit_code: str) -> int:
@@ -188,7 +197,7 @@ class SlurmLauncher(Launcher):
         else:  # cpu, or auto: a task without --gres sees no accelerator, so its ranks run on cores
             args.append(f"--cpus-per-task={req.processes_per_node}")
         if req.time_limit_s:
-            args.append(f"--time={slurm_time(req.time_limit_s)}")
+            args += [f"--time={slurm_time(req.time_limit_s)}", f"--signal=TERM@{term_before_limit(req.time_limit_s)}"]
         return args + [str(a) for a in opts.get("extra_args") or []]  # last: they override the above
 
     def step_command(self, req: LaunchRequest) -> str:

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from service.worker.launchers import LaunchRequest, load_launcher
-from service.worker.slurm import SlurmError, SlurmLauncher, SlurmProcess, exit_code_of, slurm_time
+from service.worker.slurm import SlurmError, SlurmLauncher, SlurmProcess, exit_code_of, slurm_time, term_before_limit
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "sample"
@@ -159,6 +159,32 @@ def test_terminate_stops_the_real_trainer_after_a_checkpoint(slurm, tmp_path):
     assert "ExitCode 143:0 -> exit code 143" in text(lines, "system")
     assert list((run / "checkpoints").glob("step_*"))  # saved on SIGTERM, not on the schedule
     assert not (run / "result.json").exists()
+
+
+def test_sigterm_is_asked_for_before_the_time_limit(tmp_path):
+    args = SlurmLauncher().sbatch_args(request(tmp_path, ["true"], time_limit_s=7200), Path("o"), Path("e"))
+    assert "--time=0-02:00:00" in args and "--signal=TERM@120" in args
+    assert [term_before_limit(s) for s in (30, 90, 120, 600)] == [45, 90, 90, 120]  # Slurm rounds up to minutes
+    assert not any(a.startswith("--signal") for a in SlurmLauncher().sbatch_args(request(tmp_path, ["true"]),
+                                                                                 Path("o"), Path("e")))
+
+
+@pytest.mark.slow
+def test_the_real_trainer_checkpoints_before_the_slurm_time_limit(slurm, tmp_path):
+    """2 min limit, --signal=TERM@90: Slurm's SIGTERM reaches the engine 30-60 s in (its timer ticks every
+    30 s); it saves a checkpoint and exits 143 long before the limit would have killed it."""
+    cfg = train_config(tmp_path, steps=100_000, eval_every=100_000, checkpoint_every=100_000)
+    run = tmp_path / "run"
+    started = time.monotonic()
+    proc = SlurmLauncher().start(request(tmp_path, engine("train", cfg, run), time_limit_s=120))
+    assert "--signal=TERM@90" in proc.command
+    rc, lines = wait(proc, timeout=180)
+    assert rc == 143, text(lines)
+    assert time.monotonic() - started < 115  # before the limit: not Slurm's TIMEOUT kill
+    assert "checkpoint saved" in text(lines, "stderr")
+    assert "ExitCode 143:0 -> exit code 143" in text(lines, "system")  # the engine's own exit, not a kill
+    assert list((run / "checkpoints").glob("step_*"))  # saved on the signal, not on the schedule
+    assert "JobState=TIMEOUT" not in job_state(slurm, proc.id)
 
 
 @pytest.mark.slow
