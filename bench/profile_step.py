@@ -1,0 +1,82 @@
+"""Profile (top ops by self CPU time) of one engine training step at the demo/ablation scale: the
+calls `engine.train.train`'s loop makes (Parallel.forward_backward per micro-batch, then Parallel.step:
+clip + AdamW + zero_grad) on the model, optimizer and operator table a TrainSpec resolves to.
+
+    .venv/bin/python bench/profile_step.py [--set precision=fp32 --set compile=false] [--threads 1]"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from torch.profiler import ProfilerActivity, profile
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from engine.backend import resolve  # noqa: E402
+from engine.config import model_config  # noqa: E402
+from engine.distributed import World  # noqa: E402
+from engine.model import GPT  # noqa: E402
+from engine.parallel import Parallel  # noqa: E402
+from engine.spec import TrainSpec  # noqa: E402
+from engine.train import param_groups  # noqa: E402
+
+SMALL = dict(preset="tiny", overrides=dict(vocab_size=2048, block_size=256, tie_embeddings=True))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--set", action="append", default=[], help="TrainSpec field=value (YAML-typed)")
+    ap.add_argument("--threads", type=int, default=1, help="1: comparable on a loaded machine")
+    ap.add_argument("--rows", type=int, default=15)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    fields = dict(model={"preset": SMALL["preset"], "overrides": SMALL["overrides"]}, batch_size=16, micro_batch=8,
+                  seq_len=256, backend="cpu")
+    fields.update({k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)})
+    spec = TrainSpec.model_validate(fields)
+    backend = resolve(spec.backend, spec.precision, spec.ops)
+    cfg = model_config(SMALL["preset"], **SMALL["overrides"])
+    torch.manual_seed(0)
+    model = GPT(cfg, backend.ops)
+    opt = backend.ops.adamw(param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
+    try:  # the same preparation train() applies after building the optimizer, where it has one
+        from engine.train import prepare_step
+        prepare_step(model, opt, spec, backend)
+    except ImportError:
+        if spec.compile:
+            model.compile()
+    par = Parallel(model, opt, spec, World(), backend)
+    x = torch.randint(0, cfg.vocab_size, (spec.batch_size, spec.seq_len))
+    y = torch.roll(x, -1, 1)
+
+    def step():
+        for m in range(par.accum):
+            sl = slice(m * spec.micro_batch, (m + 1) * spec.micro_batch)
+            par.forward_backward(x[sl], y[sl], m, backend.autocast())
+        return par.step()
+
+    for _ in range(3):
+        step()
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    print(f"config: hidden {cfg.n_embd}, layers {cfg.n_layer}, vocab {cfg.vocab_size} tied, seq {spec.seq_len}, "
+          f"batch {spec.batch_size} (micro {spec.micro_batch}); backend {backend.describe()}; compile {spec.compile}; "
+          f"{torch.get_num_threads()} thread(s); load average {os.getloadavg()[0]:.2f}")
+    tokens = spec.batch_size * spec.seq_len
+    print(f"step time (best of 3, unprofiled): {min(times) * 1e3:.0f} ms = {tokens / min(times):,.0f} tokens/s")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=40))
+
+
+if __name__ == "__main__":
+    main()
