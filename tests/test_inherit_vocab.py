@@ -45,6 +45,19 @@ def test_compact_tokenizer_child(tmp_path):
     assert set(result["summary"]) >= {"inherited_loss", "random_init_loss"}  # evaluated with the compact tokenizer
     manifest, parts = ckpt.load(result["summary"]["checkpoint"], ("model",))
     state = parts["model"]
+    # held-out bits-per-byte over the bytes of its own windows: what the trainer's evaluate gives on them
+    from engine.backend import resolve
+    from engine.data import TokenData, prepare
+    from engine.paths import state_home
+    from engine.train import evaluate
+    root = prepare(spec.calib.sources, small, state_home() / "datasets", spec.calib.val_fraction,
+                   spec.calib.chunk_bytes, log=lambda *a: None)
+    scored = GPT(ModelConfig.from_dict(manifest["model_config"]))
+    scored.load_state_dict(state)
+    ev = evaluate(scored, TokenData.open(root, "val", 32), 1, spec.calib.micro_batch, resolve("cpu", "fp32"))
+    assert result["summary"]["inherited_loss"] == pytest.approx(ev["loss"], rel=1e-5)
+    assert result["summary"]["inherited_bpb"] == pytest.approx(ev["bpb"], rel=1e-5)
+    assert report["heldout_scored"] == {"tokens": ev["tokens"], "bytes": ev["bytes"]}
     assert manifest["tokenizer"] == str(tmp_path / "small.model")
     assert manifest["model_config"]["vocab_size"] == len(kept)
     assert torch.equal(state["embed.weight"], parent.embed.weight.detach()[kept])
