@@ -1,11 +1,14 @@
-"""Webhook delivery from the outbox table: POST the payload signed with HMAC-SHA256, retry with
-exponential backoff. Rows are claimed by moving `next_attempt_at` forward with a compare-and-set,
-so several processes may run deliveries without sending one twice at the same time.
+"""Webhook delivery from the outbox table: POST the payload signed per the Standard Webhooks
+specification, retry with exponential backoff. Rows are claimed by moving `next_attempt_at` forward
+with a compare-and-set, so several processes may run deliveries without sending one twice at the same time.
 
-Receivers check `X-Tinyforge-Signature: sha256=HEX`, HEX = HMAC(secret, timestamp + "." + body),
-with the timestamp from `X-Tinyforge-Timestamp`."""
+Headers: `webhook-id` (the delivery id, the same on every retry: receivers deduplicate on it),
+`webhook-timestamp` (seconds) and `webhook-signature: v1,BASE64`, BASE64 = HMAC-SHA256(key,
+"{id}.{timestamp}.{body}"). Receivers verify with any Standard Webhooks library and the secret in
+`whsec_...` form (Settings.webhook_secret_text)."""
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -20,8 +23,9 @@ from service.db.models import WebhookDelivery
 TIMEOUT_S = 10.0
 
 
-def sign(secret: bytes, timestamp: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+def sign(key: bytes, msg_id: str, timestamp: str, body: bytes) -> str:
+    digest = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
 
 
 def backoff_s(attempts: int) -> float:
@@ -49,9 +53,8 @@ def deliver_due(db: Database, secret: bytes, max_attempts: int, limit: int = 20)
             url, event, payload, attempts = row.url, row.event, row.payload, row.attempts
         body = json.dumps({"event": event, "delivery_id": delivery_id, **payload}, sort_keys=True).encode()
         ts = str(int(time.time()))
-        headers = {"Content-Type": "application/json", "X-Tinyforge-Event": event,
-                   "X-Tinyforge-Delivery": delivery_id, "X-Tinyforge-Timestamp": ts,
-                   "X-Tinyforge-Signature": sign(secret, ts, body)}
+        headers = {"Content-Type": "application/json", "webhook-id": delivery_id, "webhook-timestamp": ts,
+                   "webhook-signature": sign(secret, delivery_id, ts, body)}
         status, error = None, None
         try:
             resp = httpx.post(url, content=body, headers=headers, timeout=TIMEOUT_S)

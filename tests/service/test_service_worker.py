@@ -3,8 +3,7 @@ PostgreSQL: references between stages, logs (SSE, resumable), metrics, artifacts
 (SIGTERM, then SIGKILL), lease expiry -> resume, failure classes and restarts, webhooks."""
 from __future__ import annotations
 
-import hashlib
-import hmac
+import base64
 import io
 import json
 import signal
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from service_test_fixtures import Service, stage
 
@@ -223,11 +223,15 @@ class _Hook(BaseHTTPRequestHandler):
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_webhook_is_signed_and_retried(db_url, tmp_path):
+@pytest.mark.parametrize("configured", [True, False], ids=["whsec-from-env", "generated-into-home"])
+def test_webhook_is_signed_per_standard_webhooks_and_retried(db_url, tmp_path, configured):
+    """Receivers verify with the standardwebhooks package and the secret in whsec_ form, unchanged."""
     server = HTTPServer(("127.0.0.1", 0), _Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     _Hook.received, _Hook.answers = [], [500]  # the first delivery fails, the retry succeeds
-    svc = Service(tmp_path / "home", db_url, embedded_worker=True, TINYFORGE_WEBHOOK_SECRET="s3cret")
+    secret = "whsec_" + base64.b64encode(b"a receiver's shared key, 32 b..").decode()
+    env = {"TINYFORGE_WEBHOOK_SECRET": secret} if configured else {}
+    svc = Service(tmp_path / "home", db_url, embedded_worker=True, **env)
     try:
         job = svc.submit({"name": "hooked", "webhook": {"url": f"http://127.0.0.1:{server.server_port}/hook"},
                           "stages": [stage(steps=2)]})
@@ -238,13 +242,24 @@ def test_webhook_is_signed_and_retried(db_url, tmp_path):
     finally:
         svc.close()
         server.shutdown()
+    if not configured:
+        secret = (tmp_path / "home" / "webhook.secret").read_text().strip()
+        assert secret.startswith("whsec_") and len(base64.b64decode(secret[6:])) == 32
     assert len(_Hook.received) == 2
     (h1, b1), (h2, b2) = _Hook.received
-    assert b1 == b2 and h1["X-Tinyforge-Delivery"] == h2["X-Tinyforge-Delivery"]
-    payload = json.loads(b2)
-    assert payload["job_id"] == job["id"] and payload["status"] == "succeeded" and payload["event"] == "job.succeeded"
-    expected = hmac.new(b"s3cret", h2["X-Tinyforge-Timestamp"].encode() + b"." + b2, hashlib.sha256).hexdigest()
-    assert h2["X-Tinyforge-Signature"] == f"sha256={expected}"
+    assert b1 == b2 and h1["webhook-id"] == h2["webhook-id"]  # receivers deduplicate on webhook-id
+    receiver = Webhook(secret)
+    for headers, body in _Hook.received:
+        payload = receiver.verify(body, headers)  # raises unless signature and timestamp check out
+        assert payload["job_id"] == job["id"] and payload["status"] == "succeeded"
+        assert payload["event"] == "job.succeeded" and payload["delivery_id"] == headers["webhook-id"]
+        assert headers["webhook-signature"].startswith("v1,")
+    with pytest.raises(WebhookVerificationError):  # a changed body fails
+        receiver.verify(b2.replace(b"succeeded", b"failed"), h2)
+    with pytest.raises(WebhookVerificationError):  # so does another secret
+        Webhook("whsec_" + base64.b64encode(b"x" * 32).decode()).verify(b2, h2)
+    with pytest.raises(WebhookVerificationError):  # and a replay outside the tolerance window
+        receiver.verify(b2, {**h2, "webhook-timestamp": str(int(h2["webhook-timestamp"]) - 3600)})
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
