@@ -13,7 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from service import dashboard
 from service.api import errors, health, jobs, runs
 from service.api.schemas import Problem
-from service.api.middleware import BodyLimit, Timing
+from service.api.middleware import AccessLog, BodyLimit
 from service.auth import TokenCache
 from service.db import Database
 from service.db import migrate as migrations
@@ -74,8 +74,8 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
     for r in (health.router, jobs.router, runs.router):
         app.include_router(r)
     dashboard.mount(app)  # the web UI at /ui/, over the same public API
-    app.add_middleware(Timing, stats=app.state.stats)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AccessLog, stats=app.state.stats)  # outermost: a 413 is counted and logged too
 
     def openapi():
         if app.openapi_schema is None:

@@ -1,5 +1,5 @@
 """Prometheus metrics through prometheus_client: request counters and latency histograms observed by
-the Timing middleware, gauges read from the database at scrape time (a custom collector, so every
+the AccessLog middleware, gauges read from the database at scrape time (a custom collector, so every
 API process reports the same shared state), process and Python metrics, and tinyforge_build_info.
 One registry per app, so several apps in one process (tests) never share counters."""
 from __future__ import annotations

@@ -1,10 +1,18 @@
-"""Pure ASGI middleware (no per-request task overhead): request body size limit, request timing."""
+"""Pure ASGI middleware (no per-request task overhead): request body size limit, request id, metrics and
+access log."""
 from __future__ import annotations
 
+import logging
+import re
 import time
+import uuid
 
 from service.api import errors
 from service.prom import Metrics
+from service.services import lifecycle
+
+access = logging.getLogger("tinyforge.access")
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")  # a caller's id is echoed and logged: plain tokens only
 
 
 def _413(limit: int) -> tuple[dict, bytes]:
@@ -58,7 +66,12 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
-class Timing:
+class AccessLog:
+    """Per request: the request id (the caller's valid X-Request-ID, else a new one) in the response
+    header and in `lifecycle.REQUEST_ID` (job events written by the request carry it), request metrics,
+    and one access-log line: method, route template (never the raw path or query: no ids or secrets of
+    callers), status, duration, request id."""
+
     def __init__(self, app, stats: Metrics):
         self.app, self.stats = app, stats
 
@@ -67,15 +80,24 @@ class Timing:
             return await self.app(scope, receive, send)
         t0 = time.perf_counter()
         status = [500]
+        given = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
+        request_id = given if REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex
+        token = lifecycle.REQUEST_ID.set(request_id)
 
         async def tracking_send(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                message = {**message, "headers": [*message.get("headers", []),
+                                                  (b"x-request-id", request_id.encode())]}
             await send(message)
 
         try:
             await self.app(scope, receive, tracking_send)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
-            self.stats.observe(scope["method"], path, status[0], time.perf_counter() - t0)
+            lifecycle.REQUEST_ID.reset(token)
+            seconds = time.perf_counter() - t0
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.stats.observe(scope["method"], route, status[0], seconds)
+            access.info("%s %s %d %.1f ms %s", scope["method"], route, status[0], seconds * 1000, request_id,
+                        extra={"method": scope["method"], "route": route, "status": status[0],
+                               "duration_ms": round(seconds * 1000, 2), "request_id": request_id})

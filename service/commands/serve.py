@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from service.commands._common import settings_options, setup_logging
+from service.commands._common import log_options, settings_options
 
 
 @click.command()
@@ -18,9 +18,9 @@ from service.commands._common import settings_options, setup_logging
 @click.option("--data-root", "data_roots", multiple=True, type=click.Path(path_type=Path),
               help="directory job paths may point into; repeat (env TINYFORGE_DATA_ROOTS, colon-separated)")
 @click.option("--engine-command", default=None, help="argv prefix of stage commands (env TINYFORGE_ENGINE_COMMAND)")
-@click.option("--log-level", default="info", show_default=True)
+@log_options
 @settings_options
-def serve(host, port, embedded_worker, devices, data_roots, engine_command, log_level, settings):
+def serve(host, port, embedded_worker, devices, data_roots, engine_command, settings):
     """Serve the REST API (OpenAPI at /docs) on HOST:PORT."""
     import uvicorn
 
@@ -29,7 +29,6 @@ def serve(host, port, embedded_worker, devices, data_roots, engine_command, log_
     from service.db import Database
     from service.worker.worker import parse_devices
 
-    setup_logging(log_level)
     settings = settings.with_(data_roots=tuple(data_roots) or None,
                               engine_command=tuple(shlex.split(engine_command)) if engine_command else None)
     options = {"devices": parse_devices(devices)} if devices else {}
@@ -41,4 +40,6 @@ def serve(host, port, embedded_worker, devices, data_roots, engine_command, log_
     db.dispose()
     click.echo(f"tinyforge API on http://{host}:{port} (database {settings.url.split('@')[-1]}, "
                f"{'embedded worker' if embedded_worker else 'no worker'})", err=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    # logging stays as configured above (text or JSON); tinyforge.access is the access log, so not uvicorn's
+    uvicorn.run(app, host=host, port=port, log_config=None, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=5)

@@ -6,7 +6,7 @@ import signal
 
 import click
 
-from service.commands._common import settings_options, setup_logging
+from service.commands._common import log_options, settings_options
 
 
 @click.command()
@@ -16,14 +16,13 @@ from service.commands._common import settings_options, setup_logging
 @click.option("--engine-command", default=None, help="argv prefix of stage commands (env TINYFORGE_ENGINE_COMMAND)")
 @click.option("--alive-file", default=None, help="touched at every heartbeat that reached the database "
                                                 "(for container health checks)")
-@click.option("--log-level", default="info", show_default=True)
+@log_options
 @settings_options
-def worker(devices, launchers, worker_id, engine_command, alive_file, log_level, settings):
+def worker(devices, launchers, worker_id, engine_command, alive_file, settings):
     """Run jobs until SIGTERM/SIGINT (a running stage then checkpoints and its job is requeued)."""
     from service.db import Database
     from service.worker.worker import Worker, parse_devices
 
-    setup_logging(log_level)
     if engine_command:
         settings = settings.with_(engine_command=tuple(shlex.split(engine_command)))
     settings.ensure_home()

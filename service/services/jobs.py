@@ -92,7 +92,8 @@ def submit(db: Database, settings: Settings, workers: WorkerSnapshot, data, idem
                    lease_expires_at=None, stage_name=None, exit_code=None, failure_class=None, failure_reason=None,
                    created_at=now, started_at=None, heartbeat_at=None, finished_at=None)
     sub = Submission(job, stages, [{"job_id": job_id, "key": k, "value": v} for k, v in p.spec.labels.items()],
-                     attempt, {"job_id": job_id, "time": now, "type": "submitted", "attempt": None, "data": None,
+                     attempt, {"job_id": job_id, "time": now, "type": "submitted", "attempt": None,
+                               "data": lifecycle.event_data(),
                                "message": f"submitted with {len(stages)} stage(s)"}, idempotency_key, digest)
     try:
         outcome, written_id = committer(db).write(sub)

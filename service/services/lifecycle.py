@@ -10,6 +10,7 @@ its webhook outbox row commit together or not at all.
 from __future__ import annotations
 
 import time
+from contextvars import ContextVar
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -18,11 +19,20 @@ from service.db.models import Attempt, Event, Job, LogLine, Stage, WebhookDelive
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 RETRYABLE = ("infra", "preempted")  # user errors (bad config, time limit) are not retried
+# the id of the API request being served (set by the access-log middleware; None in workers and housekeeping)
+REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+
+def event_data(data: dict | None = None) -> dict | None:
+    """An event's data, with the request id when an API request caused it (to find its access-log line)."""
+    rid = REQUEST_ID.get()
+    return {**(data or {}), "request_id": rid} if rid else data
 
 
 def add_event(s: Session, job_id: str, type_: str, message: str, attempt: int | None = None,
               data: dict | None = None, now: float | None = None) -> None:
-    s.add(Event(job_id=job_id, time=now or time.time(), type=type_, message=message, attempt=attempt, data=data))
+    s.add(Event(job_id=job_id, time=now or time.time(), type=type_, message=message, attempt=attempt,
+                data=event_data(data)))
 
 
 def system_log(s: Session, job_id: str, line: str, stage_id: str | None = None, attempt: int | None = None,
