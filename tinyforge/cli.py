@@ -44,6 +44,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tinyforge", prog_name="tinyforge")  # the installed distribution's version
 def main():
     """tinyforge: train tiny language models with the PanGu-pi Pro recipe."""
 

@@ -80,3 +80,10 @@ def test_token_create_prints_a_working_token(served):
     assert not any(token in str(v) for row in stored for v in row)  # only the hash is stored
     assert hashlib.sha256(token.encode()).hexdigest() in {row[2] for row in stored}
     assert cli(served, "token", "create", "--scope", "root").returncode == 2
+
+
+def test_version_is_the_installed_distributions():
+    from importlib import metadata
+    r = subprocess.run([sys.executable, "-m", "tinyforge.cli", "--version"], cwd=REPO, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == f"tinyforge, version {metadata.version('tinyforge')}", r
