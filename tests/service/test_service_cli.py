@@ -87,3 +87,11 @@ def test_version_is_the_installed_distributions():
     r = subprocess.run([sys.executable, "-m", "tinyforge.cli", "--version"], cwd=REPO, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == f"tinyforge, version {metadata.version('tinyforge')}", r
+
+
+def test_a_bad_setting_names_the_variable_and_what_it_expected(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "TINYFORGE_HOME": str(tmp_path), "TINYFORGE_POLL_S": "fast"}
+    r = subprocess.run([sys.executable, "-m", "tinyforge.cli", "worker"], env=env, cwd=REPO, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2, r
+    assert "TINYFORGE_POLL_S: Input should be a valid number" in r.stderr and "'fast'" in r.stderr, r.stderr
