@@ -75,25 +75,6 @@ PRESETS: dict[str, Preset] = {
                         dict(vocab_size=None, n_layer=2, n_embd=192, n_head=4, block_size=128)),
     "tiny-deep": Preset("ablation: 6 layers, hidden 112 (deeper and narrower)",
                         dict(vocab_size=None, n_layer=6, n_embd=112, n_head=4, block_size=128)),
-    # The cumulative ablation (engine/ablate): the baseline and the parent are chosen; the wide and deep
-    # shapes are engine.ablate.shapes.matched_presets of the baseline (its total parameters at the compact
-    # vocabulary; tests/test_ablate.py recomputes them). Vocabularies are fixed: the tokenizers are trained to size.
-    "ablate-base-8k": Preset("ablation arm 1: 8k vocabulary, 2 layers, hidden 128 (shallow and wide)",
-                             dict(vocab_size=8192, n_layer=2, n_embd=128, n_head=4, ffn_hidden=384, block_size=128)),
-    "ablate-wide-4k": Preset("ablation arm 2: 4k compact vocabulary, the baseline's 2 layers widened to its params",
-                             dict(vocab_size=4096, n_layer=2, n_embd=192, n_head=6, ffn_hidden=560, block_size=128)),
-    "ablate-deep-4k": Preset("ablation arms 3-5: 4k compact vocabulary, 8 layers at the baseline's params",
-                             dict(vocab_size=4096, n_layer=8, n_embd=128, n_head=4, ffn_hidden=304, block_size=128)),
-    "ablate-parent-8k": Preset("ablation arms 4-5: the parent inherited from (8k vocabulary, 10 layers, hidden 160)",
-                               dict(vocab_size=8192, n_layer=10, n_embd=160, n_head=5, ffn_hidden=448, block_size=128)),
-    "ablate-smoke-base": Preset("ablation smoke test, arm 1: 2k vocabulary, 2 layers, hidden 48",
-                                dict(vocab_size=2048, n_layer=2, n_embd=48, n_head=3, ffn_hidden=128, block_size=64)),
-    "ablate-smoke-wide": Preset("ablation smoke test, arm 2: 1k vocabulary, 2 layers at arm 1's params",
-                                dict(vocab_size=1024, n_layer=2, n_embd=64, n_head=4, ffn_hidden=224, block_size=64)),
-    "ablate-smoke-deep": Preset("ablation smoke test, arms 3-5: 1k vocabulary, 4 layers at arm 1's params",
-                                dict(vocab_size=1024, n_layer=4, n_embd=48, n_head=3, ffn_hidden=192, block_size=64)),
-    "ablate-smoke-parent": Preset("ablation smoke test, parent: 2k vocabulary, 6 layers, hidden 64",
-                                  dict(vocab_size=2048, n_layer=6, n_embd=64, n_head=4, ffn_hidden=256, block_size=64)),
 }
 
 

@@ -90,6 +90,9 @@ class ParallelSpec(Strict):
 class InitSpec(Strict):
     checkpoint: str | None = Field(None, description="engine checkpoint directory (e.g. an inherited child)")
     hf_dir: str | None = Field(None, description="Hugging Face Llama directory")
+    weights: Literal["load", "random"] = Field(
+        "load", description="random: take only the shape (model config) from init.checkpoint or hf_dir and start "
+                            "from a random initialisation: a from-scratch control of the same shape")
     continue_run: bool = Field(False, description="continue the run that wrote init.checkpoint: load its AdamW "
                                                   "moments too, count steps on from its step and follow its "
                                                   "learning-rate schedule (multi-round training as one run)")
@@ -133,7 +136,9 @@ class TrainSpec(Strict):
         "auto", description="auto: bf16 where the device computes it natively, else fp32 on a CPU (engine/backend.py)")
     ops: dict[Literal["rms_norm", "rotary", "swiglu", "attention", "linear_cross_entropy", "adamw"], OpImpl] = \
         Field(default_factory=dict, description="per-operator implementation overrides")
-    compile: bool = Field(False, description="torch.compile the model (applied from outside the model)")
+    compile: Literal["auto"] | bool = Field(
+        "auto", description="torch.compile the training forward (from outside the model); auto: when the estimated "
+                            "run repays the compile time (engine/compiling.py)")
     deterministic: bool = Field(False, description="deterministic kernels (torch.use_deterministic_algorithms, "
                                                    "math attention, CUBLAS_WORKSPACE_CONFIG): resume is bit-identical "
                                                    "on a GPU too, at some speed; off, a GPU resume matches to a tolerance")
@@ -151,6 +156,10 @@ class TrainSpec(Strict):
             raise ValueError("init: give either checkpoint or hf_dir, not both")
         if self.init.continue_run and not self.init.checkpoint:
             raise ValueError("init.continue_run: needs init.checkpoint (the run to continue)")
+        if self.init.continue_run and self.init.weights == "random":
+            raise ValueError("init.weights: 'random' starts afresh; it cannot continue a run (init.continue_run)")
+        if self.init.weights == "random" and not (self.init.checkpoint or self.init.hf_dir):
+            raise ValueError("init.weights: 'random' takes the shape from init.checkpoint or init.hf_dir; give one")
         if self.data.batch_ids and self.data.window_ids:
             raise ValueError("data: give either batch_ids or window_ids, not both")
         if self.batch_size % self.micro_batch:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from engine import checkpoint as ckpt
-from engine import distributed, faults
+from engine import compiling, distributed, faults
 from engine.arch import count_params, flops_per_token, training_memory_bytes
 from engine.backend import Backend, resolve
 from engine.config import ModelConfig, model_config, padded_vocab, replace
@@ -174,12 +174,12 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
 
     model = GPT(cfg, backend.ops)
     init_parts, init_step = None, 0
-    if init_ckpt:
+    if init_ckpt and spec.init.weights == "load":
         init_manifest, init_parts = ckpt.load(init_ckpt, ("model", "train_state") if spec.init.continue_run
                                               else ("model",))
         init_step = init_manifest["step"]
         model.load_state_dict(init_parts["model"])
-    elif spec.init.hf_dir:
+    elif spec.init.hf_dir and spec.init.weights == "load":
         from engine.hf import load_hf_weights
         load_hf_weights(model, Path(spec.init.hf_dir))
     model.to(backend.device)
@@ -192,8 +192,6 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
     optimizer = backend.ops.adamw(param_groups(model, spec.optim.weight_decay), lr=base_lr,
                                   betas=spec.optim.betas, eps=spec.optim.eps, weight_decay=spec.optim.weight_decay)
     injected = faults.NonfiniteLoss(model, faults.nonfinite_steps())  # tests only; a no-op by default
-    if spec.compile:
-        model.compile()
     par = Parallel(model, optimizer, spec, world, backend)
     peak, peak_source = device_peak(backend.device, backend.autocast_dtype)
 
@@ -201,6 +199,7 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
     if world.is_main:
         ckpt.remove_stale_temps(ckpt_root)  # partial writes of a killed run: never valid, only clutter
     nonfinite = {"events": 0, "lr_scale": 1.0}  # kept in every checkpoint, so a resume keeps a lowered LR
+    compiled = {"on": False, "resumed": None}  # the compile decision, kept in checkpoints so a resume keeps it
 
     def restore(on_corrupt) -> int | None:
         latest = ckpt.latest_valid(ckpt_root, on_corrupt=on_corrupt)
@@ -210,6 +209,7 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
         par.load_full_state(parts["model"], parts["train_state"]["optimizer"])
         set_rng_state(parts["train_state"]["rng"])
         nonfinite.update(parts["train_state"].get("nonfinite", {}))
+        compiled["resumed"] = parts["train_state"].get("compiled")
         say(f"resumed from {latest} at step {manifest['step']} (written by {manifest.get('world_size', 1)} "
             "process(es))")
         record.event("resumed", f"resumed from step {manifest['step']}", checkpoint=str(latest))
@@ -237,6 +237,14 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
         f"backend {backend.describe()}")
     say(f"{'warning: ' if 'expect' in backend.notes['precision_choice'] else ''}precision "
         f"{backend.describe()['precision']}: {backend.notes['precision_choice']}")
+    compiled["on"], why, est = compiling.decide(
+        spec.compile, steps=spec.steps, tokens_per_step=spec.batch_size * seq_len, flops_per_token=fpt,
+        peak_flops=peak, device_type=backend.device.type, strategy=par.strategy, resumed=compiled["resumed"])
+    say(f"compile {'on' if compiled['on'] else 'off'}: {why}")
+    record.event("compile", why, enabled=compiled["on"], estimated_eager_run_s=round(est, 1))
+    if compiled["on"]:  # the training forward only, from outside the model; evaluation stays eager
+        compiling.enable_persistent_cache()
+        par.wrapped = torch.compile(par.wrapped)
 
     stop = {"flag": False}
     in_main_thread = threading.current_thread() is threading.main_thread()  # signals only install there
@@ -250,6 +258,7 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
                 path = ckpt.save(ckpt_root, step, {"model": model_state,
                                                     "train_state": {"optimizer": optim_state, "rng": rng_state(),
                                                                     "step": step, "nonfinite": dict(nonfinite),
+                                                                    "compiled": compiled["on"],
                                                                     "schedule": schedule}},
                                  {"model_config": cfg.to_dict(), "tokenizer": spec.data.tokenizer,
                                   "data_dir": str(data_dir), "world_size": world.size,
@@ -314,6 +323,10 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
                 finite = math.isfinite(loss_val)
                 if finite:
                     grad_norm = par.step()
+                    if compiled["on"] and "first_step_s" not in compiled:  # compile time: in the first step
+                        compiled["first_step_s"] = round(time.perf_counter() - t_last, 2)
+                        record.event("compiled", f"first compiled step took {compiled['first_step_s']} s "
+                                                 "(compilation included)", seconds=compiled["first_step_s"])
                 else:
                     back = on_nonfinite(done, loss_val)
                     injected.step_done()
@@ -364,6 +377,7 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
                "val_tokens": last_val.get("tokens"), "val_bytes": last_val.get("bytes"),
                "flops": spec.steps * tokens_per_step * fpt, "checkpoint": str(final),
                "nonfinite": {"policy": spec.nonfinite.policy, **nonfinite}, "lr_schedule": schedule}
+    summary["compile"] = {"enabled": compiled["on"], "first_step_s": compiled.get("first_step_s")}
     artifacts = [{"name": "checkpoint", "path": str(final), "type": "checkpoint"}]
     if plot:
         artifacts.append({"name": "loss_curve", "path": str(plot), "type": "plot"})

@@ -1,13 +1,20 @@
-"""The ablation stage: tokenizers -> shapes and budgets -> parent -> inherited child -> the five arms per
-seed at equal training FLOPs -> the arms that saw more bytes than the fewest again, each with its own
-schedule ending at that byte count -> table, JSON, bar chart. Every piece is an engine library call
-(spm stage, train, inherit, rounds); every run keeps its own run directory, and a finished run
-(result.json present) is read back instead of trained again, so re-running the command resumes."""
+"""The ablation stage: the paper's cumulative study at equal parameters and equal training tokens, with a
+control for every claim and guards that say whether the regime can answer.
+
+    tokenizers (large BPE, compacted by coverage) -> held-out n-gram floors -> shapes (arm 1 chosen, the
+    others matched to its parameters) -> parent (cached across runs) -> inherited child -> for every
+    budget of the curve and every seed: arms 1-4, then arm 4 continued by one round of hard draws (arm 5)
+    and by one round of uniform draws of the same size (the control) -> exports, an independent check of
+    the metric, table, JSON, charts.
+
+Every piece is an engine library call (tokenizer stage, train, inherit, rounds, export); every run keeps
+its own directory and a finished run (result.json) is read back, so re-running the command resumes."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-import statistics
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,16 +22,19 @@ from pathlib import Path
 import torch
 
 from engine.ablate import report
-from engine.ablate.shapes import check_matched
+from engine.ablate.shapes import check_matched, match_shape, shape_dict
 from engine.ablate.spec import AblateSpec
 from engine.arch import count_params, flops_per_token
-from engine.config import ModelConfig, model_config
-from engine.data import TokenData, prepare
+from engine.config import ModelConfig, padded_vocab
+from engine.data import TokenData, list_files, prepare
 from engine.inherit.run import DATA_DEPTH, DATA_WIDTH
+from engine.ngram import ngram_floors
 from engine.paths import state_home
-from engine.run_record import RunRecord
+from engine.run_record import RunRecord, write_json_atomic
 from engine.spec import TrainSpec
 from engine.tokenizers import load_tokenizer
+
+CALIB_BATCHES = 8
 
 
 @dataclass(frozen=True)
@@ -34,14 +44,19 @@ class Arm:
     shape: str  # base | wide | deep
     tokenizer: str  # large | compact
     inherit: bool = False
-    rounds: bool = False
+    round2: str | None = None  # hard | uniform: arm 4 continued by one round of these draws
 
 
 ARMS = (Arm("arm1", "1 baseline", "base", "large"),
         Arm("arm2", "2 + compact tokenizer", "wide", "compact"),
         Arm("arm3", "3 + deeper-narrower", "deep", "compact"),
         Arm("arm4", "4 + inheritance", "deep", "compact", inherit=True),
-        Arm("arm5", "5 + multi-round", "deep", "compact", inherit=True, rounds=True))
+        Arm("arm5", "5 + multi-round (hard)", "deep", "compact", inherit=True, round2="hard"),
+        Arm("control", "control: round 2 uniform", "deep", "compact", inherit=True, round2="uniform"))
+
+
+def _key(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _done(run_dir: Path, kind: str, config: dict | None = None) -> dict | None:
@@ -55,11 +70,6 @@ def _done(run_dir: Path, kind: str, config: dict | None = None) -> dict | None:
     return json.loads(path.read_text())
 
 
-def _quiet_prefix(log, prefix: str):
-    """The trainer's log lines, prefixed; the per-step lines only every few steps (log_every)."""
-    return lambda msg, *a, **k: log(f"  {prefix}: {msg}")
-
-
 class Ablation:
     def __init__(self, spec: AblateSpec, out_dir: str | Path, log=print):
         self.spec, self.sc, self.log = spec, spec.shape, log
@@ -71,41 +81,66 @@ class Ablation:
 
     # --- tokenizers and data --------------------------------------------------------------------
     def tokenizers(self) -> dict:
-        """The large SentencePiece model trained on the corpus, and its compaction (engine/spm stage)."""
+        """The large BPE trained on the corpus and its compaction by coverage (the tokenizer stage), cached
+        across runs by corpus and settings."""
         from engine.spm.run import run_stage
         from engine.spm.spec import TokenizerStageSpec
 
-        tdir = self.out / "tokenizer"
+        files = [f"{f.resolve()}:{f.stat().st_size}" for f in list_files(self.spec.sources)]
+        tspec = TokenizerStageSpec(action="compact", sources=self.spec.sources, vocab_size=self.sc.large_vocab,
+                                   compact_coverage=self.spec.compact_coverage, workers=1)
+        tdir = self.cache / "ablate-tokenizers" / _key([files, tspec.model_dump(mode="json")])
         res = _done(tdir, "tokenizer")
         if res is None:
-            self.log(f"tokenizer: training a {self.sc.large_vocab:,}-piece BPE on the corpus, compacting to "
-                     f"{self.sc.compact_vocab:,}")
-            res = run_stage(TokenizerStageSpec(action="compact", sources=self.spec.sources,
-                                               vocab_size=self.sc.large_vocab, compact_vocab=self.sc.compact_vocab),
-                            tdir, log=lambda m: self.log(f"  tokenizer: {m}"))
+            self.log(f"tokenizer: training a {self.sc.large_vocab:,}-piece BPE on the corpus, compacting it to "
+                     f"{self.spec.compact_coverage:.0%} coverage ({tdir})")
+            res = run_stage(tspec, tdir, log=lambda m: self.log(f"  tokenizer: {m}"))
         arts = {a["name"]: str((tdir / a["path"]).resolve()) for a in res["artifacts"]}
         return {"large": arts["large_tokenizer"], "compact": arts["tokenizer"], "id_map": arts["id_map"],
                 "summary": res["summary"]}
 
-    def data_info(self, tokenizer: str) -> dict:
-        """Bytes per token of the train and held-out splits, and how many micro-batches cover the held-out split."""
+    def dataset(self, tokenizer: str) -> dict:
+        """The tokenised corpus, its sizes, bytes per token, and the held-out unigram / bigram floors."""
         tok = load_tokenizer(tokenizer)
-        root = prepare(self.spec.sources, tok, self.cache, log=lambda m: self.log(f"  data: {m}"))
-        train = TokenData.open(root, "train", self.sc.seq_len)
-        val = TokenData.open(root, "val", self.sc.seq_len)
+        root = prepare(self.spec.sources, tok, self.cache, self.sc.val_fraction, log=lambda m: self.log(f"  data: {m}"))
         meta = json.loads((root / "meta.json").read_text())
-        return {"vocab": tok.vocab_size, "train_bytes_per_token": train.bytes_per_token,
-                "val_bytes_per_token": val.bytes_per_token, "val_windows": len(val),
-                "val_tokens": meta["tokens"]["val"], "val_bytes": meta["bytes"]["val"],
-                "train_tokens": meta["tokens"]["train"], "train_bytes": meta["bytes"]["train"],
-                "eval_batches": math.ceil(len(val) / self.sc.batch_size)}
+        val = TokenData.open(root, "val", self.sc.seq_len)
+        floors = ngram_floors(root)
+        return {"dir": str(root), "vocab": tok.vocab_size, "train_tokens": meta["tokens"]["train"],
+                "train_bytes": meta["bytes"]["train"], "val_tokens": meta["tokens"]["val"],
+                "val_bytes": meta["bytes"]["val"],
+                "train_bytes_per_token": meta["bytes"]["train"] / meta["tokens"]["train"],
+                "val_windows": len(val), "eval_batches": math.ceil(len(val) / self.sc.batch_size),
+                "unigram_bpb": floors["unigram_bpb"], "bigram_bpb": floors["bigram_bpb"]}
+
+    def shapes(self, vocab: dict) -> dict[str, ModelConfig]:
+        """Arm 1 (large vocabulary, shallow and wide, tied) as chosen; arm 2 (its depth) and arms 3-5
+        (deep_layers) matched to its parameters at the compact vocabulary; the parent as chosen."""
+        sc = self.sc
+        base = ModelConfig(vocab_size=padded_vocab(vocab["large"]), n_layer=sc.base_layers, n_embd=sc.base_width,
+                           n_head=sc.base_width // sc.head_dim, block_size=sc.seq_len, tie_embeddings=True)
+        target, v = count_params(base).total, padded_vocab(vocab["compact"])
+        wide = match_shape(target, v, sc.base_layers, sc.head_dim, sc.seq_len, tie=True)
+        deep = match_shape(target, v, sc.deep_layers, sc.head_dim, sc.seq_len, tie=True)
+        parent = ModelConfig(vocab_size=padded_vocab(vocab["large"]), n_layer=sc.parent_layers,
+                             n_embd=sc.parent_width, n_head=sc.parent_width // sc.head_dim, block_size=sc.seq_len,
+                             tie_embeddings=True)
+        for name in ("n_layer", "n_embd", "ffn_hidden", "n_head"):  # the child is cut out of the parent
+            if getattr(deep, name) > getattr(parent, name):
+                raise ValueError(f"parent_{name}: the parent's {getattr(parent, name)} is smaller than the deep "
+                                 f"arm's {getattr(deep, name)}; the child could not be cut out of it")
+        if count_params(parent).total < 3 * count_params(deep).total:
+            raise ValueError(f"parent_width: the parent has {count_params(parent).total:,} parameters, less than 3x "
+                             f"the child's {count_params(deep).total:,}")
+        return {"base": base, "wide": wide, "deep": deep, "parent": parent}
 
     # --- runs ---------------------------------------------------------------------------------
-    def train_spec(self, preset: str, tokenizer: str, steps: int, seed: int, eval_batches: int,
-                   init: str | None = None) -> dict:
+    def train_config(self, shape: ModelConfig, tokenizer: str, steps: int, seed: int, eval_batches: int,
+                     init: str | None = None) -> dict:
         sc = self.sc
-        return dict(model={"preset": preset},
-                    data={"sources": self.spec.sources, "tokenizer": tokenizer, "cache_dir": str(self.cache)},
+        return dict(model={"preset": "micro", "overrides": shape_dict(shape)},
+                    data={"sources": self.spec.sources, "tokenizer": tokenizer, "cache_dir": str(self.cache),
+                          "val_fraction": self.sc.val_fraction},
                     init={"checkpoint": init}, optim={"lr": sc.lr}, steps=steps, batch_size=sc.batch_size,
                     micro_batch=sc.batch_size, seq_len=sc.seq_len, seed=seed, backend=self.spec.backend,
                     precision=self.spec.precision, log_every=max(steps // 4, 1), eval_every=steps,
@@ -118,100 +153,121 @@ class Ablation:
         res = _done(run_dir, "train", spec.model_dump(mode="json"))
         if res is None:
             t = time.time()
-            res = train(spec, run_dir, show_progress=False,
-                        log=_quiet_prefix(self.log, name))
+            res = train(spec, run_dir, show_progress=False, log=lambda m, *a, **k: self.log(f"  {name}: {m}"))
             res["summary"]["seconds"] = round(time.time() - t, 1)
-            (run_dir / "result.json").write_text(json.dumps(res, indent=1))
+            write_json_atomic(run_dir / "result.json", res)
         return res["summary"]
 
-    def rounds(self, run_dir: Path, config: dict, round1_ckpt: str, steps: int, name: str) -> dict:
+    def round2(self, run_dir: Path, arm4: dict, steps: int, seed: int, strategy: str, ctx: dict, name: str) -> dict:
+        """Arm 4's checkpoint continued by one round: rate x its batches drawn (hard: p = softmax(loss / T) under
+        arm 4's model; uniform: the control), one pass over them as the next epoch of the same run."""
         from engine.rounds.run import run_rounds
         from engine.rounds.spec import RoundsSpec
 
-        cfg = {**config, "init": {"checkpoint": round1_ckpt}, "steps": steps, "rounds": 1,
-               "rate": self.spec.replay_rate, "temperature": self.spec.replay_temperature, "strategy": "hard"}
+        cfg = self.train_config(ctx["shapes"]["deep"], ctx["tok"]["compact"], steps, seed,
+                                ctx["data"]["compact"]["eval_batches"])
+        cfg.update(init={"checkpoint": arm4["checkpoint"]}, steps=None, rounds=1, rate=self.spec.replay_rate,
+                   temperature=self.spec.replay_temperature, strategy=strategy, lr_schedule="continue")
+        cfg["data"]["probe_batches"] = 0
         spec = RoundsSpec.model_validate(cfg)
         res = _done(run_dir, "rounds", spec.model_dump(mode="json"))
         if res is None:
             t = time.time()
-            res = run_rounds(spec, run_dir, log=_quiet_prefix(self.log, name))
+            res = run_rounds(spec, run_dir, log=lambda m, *a, **k: self.log(f"  {name}: {m}"))
             res["summary"]["seconds"] = round(time.time() - t, 1)
-            (run_dir / "result.json").write_text(json.dumps(res, indent=1, default=str))
+            write_json_atomic(run_dir / "result.json", res)
         return res["summary"]
 
-    def parent_and_child(self, tok: dict, parent_cfg: ModelConfig, data: dict) -> dict:
-        """Train the parent (large tokenizer, same corpus), then cut the deep arm's child out of it."""
+    def parent_and_child(self, ctx: dict) -> dict:
+        """The parent (large tokenizer, same corpus; cached across runs by its config), then the deep arm's child
+        cut out of it: layers by inherit_depth, widths by inherit_width, vocabulary rows by the id map."""
         from engine.inherit.run import inherit
         from engine.inherit.spec import InheritSpec
 
-        sc, spec = self.sc, self.spec
-        self.log(f"parent: {sc.parent_preset} ({count_params(parent_cfg).total / 1e6:.2f}M params), "
-                 f"{spec.parent_steps} steps")
-        parent = self.train(self.out / "parent", self.train_spec(sc.parent_preset, tok["large"], spec.parent_steps, 0,
-                                                                 data["large"]["eval_batches"]), "parent")
+        sc, spec, tok, data = self.sc, self.spec, ctx["tok"], ctx["data"]
+        pcfg = ctx["shapes"]["parent"]
+        config = self.train_config(pcfg, tok["large"], spec.parent_steps, 0, data["large"]["eval_batches"])
+        pdir = self.cache / "ablate-parents" / _key(TrainSpec.model_validate(config).model_dump(mode="json"))
+        self.log(f"parent: {count_params(pcfg).total:,} params ({pcfg.n_layer} layers x {pcfg.n_embd}), "
+                 f"{spec.parent_steps} steps ({pdir})")
+        parent = self.train(pdir, config, "parent")
         self.log(f"parent: held-out {parent['val_bpb']:.4f} bpb, {parent['flops'] / 1e12:.2f} TFLOP")
         idir = self.out / "inherit"
         res = _done(idir, "inherit")
-        calib_batches = 8
         if res is None:
-            self.log(f"inherit: child {sc.deep_preset} from the parent, depth {spec.inherit_depth}, width "
-                     f"{spec.inherit_width}, vocabulary rows by the compact tokenizer's id map")
-            ispec = InheritSpec(parent=parent["checkpoint"], child={"preset": sc.deep_preset},
-                                depth={"method": spec.inherit_depth}, width=spec.inherit_width,
-                                calib={"sources": spec.sources, "tokenizer": tok["large"], "batches": calib_batches,
+            deep = ctx["shapes"]["deep"]
+            child = {k: getattr(deep, k) for k in ("vocab_size", "n_layer", "n_embd", "n_head", "n_kv_head",
+                                                   "ffn_hidden", "tie_embeddings")}
+            ispec = InheritSpec(parent=parent["checkpoint"], child=child, depth={"method": spec.inherit_depth},
+                                width=spec.inherit_width,
+                                calib={"sources": spec.sources, "tokenizer": tok["large"], "batches": CALIB_BATCHES,
                                        "micro_batch": sc.batch_size, "seq_len": sc.seq_len,
-                                       "cache_dir": str(self.cache)},
+                                       "cache_dir": str(self.cache), "val_fraction": self.sc.val_fraction},
                                 vocab={"tokenizer": tok["compact"], "id_map": tok["id_map"]},
                                 eval_batches=data["compact"]["eval_batches"], seed=0, backend=spec.backend)
             res = inherit(ispec, idir, log=lambda m: self.log(f"  inherit: {m}"))
-        # calibration cost: forward passes of the parent (a third of a training step per token; x3 with a
-        # backward pass); loss_rise forks one stream per layer, so it is counted as n_layer passes
-        s = res["summary"]
-        tokens = calib_batches * self.tokens_per_step
+        # calibration: forward passes of the parent (a third of a training step per token, x3 with a backward
+        # pass); loss_rise forks one stream per layer, so it counts as n_layer passes
+        s, tokens = res["summary"], CALIB_BATCHES * self.tokens_per_step
         if spec.inherit_width == "learnable":
-            tokens = max(calib_batches, 300) * self.tokens_per_step
-        passes = {"block_influence": 1, "loss_rise": parent_cfg.n_layer}.get(spec.inherit_depth, 0)
+            tokens = max(CALIB_BATCHES, 300) * self.tokens_per_step
+        passes = {"block_influence": 1, "loss_rise": pcfg.n_layer}.get(spec.inherit_depth, 0)
         passes += {"activation": 1, "taylor": 3, "learnable": 3}.get(spec.inherit_width, 0)
         uses_data = spec.inherit_depth in DATA_DEPTH or spec.inherit_width in DATA_WIDTH
-        inherit_flops = flops_per_token(parent_cfg, sc.seq_len) / 3 * tokens * passes if uses_data else 0.0
-        bpt = data["compact"]["val_bytes_per_token"]
-        return {"parent": parent, "child_checkpoint": s["checkpoint"], "layers": s["layers"],
-                "inherit_flops": inherit_flops,
-                "child_step0_bpb": s.get("inherited_loss", float("nan")) / math.log(2) / bpt,
-                "random_init_step0_bpb": s.get("random_init_loss", float("nan")) / math.log(2) / bpt}
+        return {"parent": {**parent, "dir": str(pdir), "params": count_params(pcfg).total,
+                           "config": shape_dict(pcfg)},
+                "child_checkpoint": s["checkpoint"], "layers": s["layers"],
+                "inherit_flops": flops_per_token(pcfg, sc.seq_len) / 3 * tokens * passes if uses_data else 0.0,
+                "child_step0_bpb": s.get("inherited_bpb"), "random_init_step0_bpb": s.get("random_init_bpb")}
 
-    def run_arm(self, arm: Arm, steps: int, seed: int, view: str, ctx: dict) -> dict:
-        """One arm at one seed for `steps` steps (arm 5: round 1 then the replay round, same total steps)."""
-        tok_path = ctx["tok"][arm.tokenizer]
-        data = ctx["data"][arm.tokenizer]
-        preset = ctx["presets"][arm.shape]
-        init = ctx["inherit"]["child_checkpoint"] if arm.inherit else None
-        run_dir = self.out / view / f"seed{seed}" / arm.key
-        name = f"{arm.key} seed {seed} ({view})"
+    def run_arm(self, arm: Arm, budget: float, seed: int, ctx: dict, done: dict) -> dict:
+        """One arm at one budget and seed. Arms 1-4 train budget x budget_steps; arm 5 and the control continue
+        arm 4's run of the same budget and seed (`done`) for one pass over the drawn batches."""
+        data, shape = ctx["data"][arm.tokenizer], ctx["shapes"][arm.shape]
+        steps = max(1, round(budget * self.spec.budget_steps))
+        run_dir = self.out / "runs" / f"budget{budget:g}" / f"seed{seed}" / arm.key
+        name = f"{arm.key} budget {budget:g} seed {seed}"
         train_seed = 1000 + seed
         t = time.time()
-        if not arm.rounds:
-            s = self.train(run_dir, self.train_spec(preset, tok_path, steps, train_seed, data["eval_batches"], init),
-                           name)
-            row = {"steps": s["steps"], "tokens": s["tokens"], "flops": s["flops"], "val_loss": s["val_loss"],
-                   "val_bpb": s["val_bpb"], "extra_flops": 0.0}
+        if arm.round2 is None:
+            init = ctx["inherit"]["child_checkpoint"] if arm.inherit else None
+            s = self.train(run_dir, self.train_config(shape, ctx["tok"][arm.tokenizer], steps, train_seed,
+                                                      data["eval_batches"], init), name)
+            row = {"steps": s["steps"], "tokens": s["tokens"], "flops": s["flops"], "extra_flops": 0.0}
         else:
-            s1_steps = max(1, round(steps * self.spec.round1_fraction))
-            s2_steps = steps - s1_steps
-            r1 = self.train(run_dir / "round_1", self.train_spec(preset, tok_path, s1_steps, train_seed,
-                                                                 data["eval_batches"], init), name + " round 1")
-            base = self.train_spec(preset, tok_path, s2_steps, train_seed, data["eval_batches"])
-            base.pop("init")
-            r2 = self.rounds(run_dir / "rounds", base, r1["checkpoint"], s2_steps, name + " round 2")
-            row = {"steps": r1["steps"] + r2["steps"], "tokens": r1["tokens"] + r2["tokens"],
-                   "flops": r1["flops"] + r2["flops"], "val_loss": r2["val_loss"], "val_bpb": r2["val_bpb"],
-                   "extra_flops": r2.get("scoring_flops") or 0.0, "round1_steps": r1["steps"],
-                   "round2_steps": r2["steps"], "round1_val_bpb": r1["val_bpb"],
-                   "scoring_tokens": r2.get("scoring_tokens")}
-        row["bytes"] = row["tokens"] * data["train_bytes_per_token"]
-        row["seed"] = seed
-        row["seconds"] = round(time.time() - t, 1)
+            arm4 = done["arm4"]
+            s = self.round2(run_dir, arm4, steps, train_seed, arm.round2, ctx, name)
+            r = s["rounds"][-1]
+            row = {"steps": r["steps"], "tokens": r["tokens"], "flops": s["flops"],
+                   "extra_flops": s.get("scoring_flops") or 0.0, "after_arm4_steps": arm4["steps"],
+                   "total_tokens": arm4["tokens"] + r["tokens"],
+                   "selection": {k: (r.get("selection") or {}).get(k) for k in
+                                 ("mean_score_pool", "mean_score_selected", "ess_fraction")}}
+        row.update(val_loss=s["val_loss"], val_bpb=s["val_bpb"], checkpoint=s["checkpoint"], seed=seed,
+                   budget=budget, bytes=row["tokens"] * data["train_bytes_per_token"],
+                   seconds=round(time.time() - t, 1))
+        row["tokens_per_param"] = row.get("total_tokens", row["tokens"]) / count_params(shape).total
+        row["epochs"] = row.get("total_tokens", row["tokens"]) / data["train_tokens"]
         return row
+
+    def export(self, rows: list[dict], ctx: dict) -> list[dict]:
+        """Every arm's final model (full budget, every seed) as a Hugging Face directory under exports/, and the
+        held-out bits-per-byte of the seed-0 exports recomputed by transformers (an independent implementation
+        of the model) over the same windows."""
+        from engine.hf import export
+
+        checks = []
+        for row in rows:
+            arm = next(a for a in ARMS if a.key == row["arm"])
+            hf_dir = self.out / "exports" / f"seed{row['seed']}" / arm.key
+            if not (hf_dir / "config.json").exists():
+                export(Path(row["checkpoint"]), hf_dir, ctx["tok"][arm.tokenizer])
+            row["export"] = str(hf_dir)
+            if row["seed"] == 0:
+                bpb = transformers_bpb(hf_dir, ctx["data"][arm.tokenizer]["dir"], self.sc.seq_len, self.sc.batch_size)
+                checks.append({"arm": arm.key, "engine_bpb": row["val_bpb"], "transformers_bpb": bpb,
+                               "difference": bpb - row["val_bpb"]})
+        return checks
 
     # --- the whole study --------------------------------------------------------------------------
     def run(self) -> dict:
@@ -222,101 +278,73 @@ class Ablation:
                                    "ops": {}}, world_size=1)
         self.record.progress(0, 1, None, "tokenizer")
         tok = self.tokenizers()
-        data = {name: self.data_info(tok[name]) for name in ("large", "compact")}
-        log(f"tokenizers: large {data['large']['vocab']:,} pieces ({data['large']['train_bytes_per_token']:.3f} "
-            f"bytes/token), compact {data['compact']['vocab']:,} ({data['compact']['train_bytes_per_token']:.3f} "
-            "bytes/token)")
+        data = {name: self.dataset(tok[name]) for name in ("large", "compact")}
+        for name, d in data.items():
+            log(f"{name} tokenizer: {d['vocab']:,} pieces, {d['train_bytes_per_token']:.3f} bytes/token, "
+                f"{d['train_tokens']:,} training tokens; held-out floors: unigram {d['unigram_bpb']:.4f}, "
+                f"bigram {d['bigram_bpb']:.4f} bpb")
+        shapes = self.shapes({k: d["vocab"] for k, d in data.items()})
+        diffs = check_matched({k: shapes[k] for k in ("base", "wide", "deep")})
+        ctx = {"tok": tok, "data": data, "shapes": shapes}
+        for a in ARMS[:3]:
+            c, p = shapes[a.shape], count_params(shapes[a.shape])
+            log(f"{a.label}: {c.n_layer} layers x {c.n_embd} (ffn {c.ffn_hidden}), {p.total:,} params "
+                f"({diffs[a.shape]:+.2%} vs arm 1; embedding {p.embedding_share:.0%}), "
+                f"{flops_per_token(c, sc.seq_len) / 1e6:.2f} MFLOP/token")
+        ctx["inherit"] = self.parent_and_child(ctx)
 
-        presets = {"base": sc.base_preset, "wide": sc.wide_preset, "deep": sc.deep_preset}
-        cfgs = {k: model_config(p) for k, p in presets.items()}
-        for k, c in cfgs.items():
-            need = data["large" if k == "base" else "compact"]["vocab"]
-            if c.vocab_size < need:
-                raise ValueError(f"model.preset: {presets[k]} has {c.vocab_size} vocabulary rows, fewer than the "
-                                 f"tokenizer's {need}")
-        diffs = check_matched(cfgs)
-        fpt = {k: flops_per_token(c, sc.seq_len) for k, c in cfgs.items()}
-        budget = spec.baseline_steps * self.tokens_per_step * fpt["base"]
-        steps = {a.key: round(budget / (self.tokens_per_step * fpt[a.shape])) for a in ARMS}
-        for a in ARMS:
-            p = count_params(cfgs[a.shape])
-            log(f"{a.label}: {presets[a.shape]} {p.total:,} params ({diffs[a.shape]:+.2%} vs arm 1; body {p.body:,}, "
-                f"embedding+head {p.embedding:,}), {fpt[a.shape] / 1e6:.2f} MFLOP/token -> {steps[a.key]} steps")
-
-        # equal bytes: the fewest bytes any arm sees under the compute budget; arms that see more run again
-        bytes_per_step = {a.key: self.tokens_per_step * data[a.tokenizer]["train_bytes_per_token"] for a in ARMS}
-        target_bytes = min(steps[k] * bytes_per_step[k] for k in steps)
-        bytes_steps = {k: max(1, round(target_bytes / bytes_per_step[k])) for k in steps}
-
-        ctx = {"tok": tok, "data": data, "presets": presets}
-        parent_cfg = model_config(sc.parent_preset)
-        ctx["inherit"] = self.parent_and_child(tok, parent_cfg, data)
-
-        jobs = [("compute", seed, a, steps[a.key]) for seed in range(spec.seeds) for a in ARMS]
-        jobs += [("bytes", seed, a, bytes_steps[a.key]) for seed in range(spec.bytes_seeds) for a in ARMS
-                 if bytes_steps[a.key] != steps[a.key]]
-        runs: dict[str, dict[str, list[dict]]] = {"compute": {}, "bytes": {}}
-        t_runs = time.time()
-        for i, (view, seed, arm, n) in enumerate(jobs):
-            elapsed = time.time() - t_runs
-            eta = elapsed / i * (len(jobs) - i) if i else None
-            self.record.progress(i, len(jobs), eta, f"{view} seed {seed} {arm.key}")
-            log(f"[{i + 1}/{len(jobs)}] {arm.label}, seed {seed}, equal {view}: {n} steps"
-                + (f" (eta of the runs {eta / 60:.1f} min)" if eta else ""))
-            row = self.run_arm(arm, n, seed, view, ctx)
-            runs[view].setdefault(arm.key, []).append(row)
-            log(f"[{i + 1}/{len(jobs)}] {arm.key} seed {seed}: held-out {row['val_bpb']:.4f} bpb, loss "
-                f"{row['val_loss']:.4f}, {row['tokens']:,} tokens, {row['bytes'] / 1e6:.3f} MB, "
-                f"{row['flops'] / 1e12:.3f} TFLOP ({row['seconds']:.0f}s)")
-        # arms whose equal-bytes steps equal their equal-compute steps share those runs
-        for seed in range(spec.bytes_seeds):
-            for a in ARMS:
-                if bytes_steps[a.key] == steps[a.key]:
-                    runs["bytes"].setdefault(a.key, []).append(runs["compute"][a.key][seed])
-        self.record.progress(len(jobs), len(jobs), 0, "report")
-
-        flops = [statistics.mean(r["flops"] for r in runs["compute"][a.key]) for a in ARMS]
-        spread = max(flops) / min(flops) - 1
-        for a, f in zip(ARMS, flops):  # whole steps: each arm is off the budget by at most half a step
-            if abs(f - budget) > 0.5 * self.tokens_per_step * fpt[a.shape] * (1 + 1e-9):
-                raise RuntimeError(f"{a.key}: {f:.4g} training FLOPs, more than half a step from the budget "
-                                   f"{budget:.4g}")
-        study = {
-            "spec": spec.model_dump(mode="json"), "scale": sc.__dict__, "tokens_per_step": self.tokens_per_step,
-            "tokenizers": {"large": tok["large"], "compact": tok["compact"], "compaction": tok["summary"]},
-            "data": data, "budget_flops": budget, "flops_spread": spread, "target_bytes": target_bytes,
-            "parent": {"preset": sc.parent_preset, "params": count_params(parent_cfg).total,
-                       "steps": ctx["inherit"]["parent"]["steps"], "tokens": ctx["inherit"]["parent"]["tokens"],
-                       "flops": ctx["inherit"]["parent"]["flops"], "val_bpb": ctx["inherit"]["parent"]["val_bpb"],
-                       "val_loss": ctx["inherit"]["parent"]["val_loss"],
-                       "inherit_flops": ctx["inherit"]["inherit_flops"], "kept_layers": ctx["inherit"]["layers"],
-                       "child_step0_bpb": ctx["inherit"]["child_step0_bpb"],
-                       "random_init_step0_bpb": ctx["inherit"]["random_init_step0_bpb"]},
-            "arms": [], "seconds": None}
-        for a in ARMS:
-            p = count_params(cfgs[a.shape])
-            study["arms"].append({
-                "key": a.key, "label": a.label, "preset": presets[a.shape], "tokenizer": a.tokenizer,
-                "vocab": cfgs[a.shape].vocab_size, "n_layer": cfgs[a.shape].n_layer, "n_embd": cfgs[a.shape].n_embd,
-                "ffn_hidden": cfgs[a.shape].ffn_hidden, "params_total": p.total, "params_body": p.body,
-                "params_embedding": p.embedding, "params_vs_arm1": diffs[a.shape], "flops_per_token": fpt[a.shape],
-                "inherits": a.inherit, "replay_round": a.rounds,
-                "compute": report.aggregate(runs["compute"][a.key]),
-                "bytes": report.aggregate(runs["bytes"][a.key]) if runs["bytes"].get(a.key) else None})
-        study["seconds"] = round(time.time() - self.t0, 1)
+        jobs = [(b, seed) for b in spec.budgets for seed in range(spec.seeds if b == 1.0 else spec.curve_seeds)]
+        n_runs, i, t_runs = len(jobs) * len(ARMS), 0, time.time()
+        rows: list[dict] = []
+        for budget, seed in jobs:
+            done: dict[str, dict] = {}
+            for arm in ARMS:
+                elapsed = time.time() - t_runs
+                eta = elapsed / i * (n_runs - i) if i else None
+                self.record.progress(i, n_runs, eta, f"budget {budget:g} seed {seed} {arm.key}")
+                log(f"[{i + 1}/{n_runs}] {arm.label}, budget {budget:g}, seed {seed}"
+                    + (f" (eta {eta / 60:.1f} min)" if eta else "") + f" (load {os.getloadavg()[0]:.1f})")
+                row = {"arm": arm.key, **self.run_arm(arm, budget, seed, ctx, done)}
+                done[arm.key] = row
+                rows.append(row)
+                i += 1
+                log(f"[{i}/{n_runs}] {arm.key}: held-out {row['val_bpb']:.4f} bpb, {row['tokens']:,} tokens, "
+                    f"{row['tokens_per_param']:.2f} tokens/param, {row['seconds']:.0f}s")
+        self.record.progress(n_runs, n_runs, 0, "export")
+        checks = self.export([r for r in rows if r["budget"] == 1.0], ctx) if spec.export else []
+        study = report.build(spec, ctx, rows, diffs, checks, seconds=round(time.time() - self.t0, 1))
         paths = report.write(study, self.out)
+        log(study["verdict"][0])
         log(f"wall time {study['seconds'] / 60:.1f} min; wrote {', '.join(str(p) for p in paths.values())}")
         artifacts = [{"name": "ablation", "path": str(paths["json"]), "type": "report"},
                      {"name": "ablation_md", "path": str(paths["md"]), "type": "report"},
                      {"name": "plot", "path": str(paths["png"]), "type": "plot"},
+                     {"name": "budget_curve", "path": str(paths["curve"]), "type": "plot"},
                      {"name": "large_tokenizer", "path": tok["large"], "type": "tokenizer"},
                      {"name": "tokenizer", "path": tok["compact"], "type": "tokenizer"}]
-        summary = {"arms": {a["key"]: {"val_bpb": a["compute"]["val_bpb"],
-                                       "val_bpb_equal_bytes": a["bytes"]["val_bpb"] if a["bytes"] else None,
-                                       "params": a["params_total"], "flops": a["compute"]["flops"]}
-                            for a in study["arms"]},
-                   "budget_flops": budget, "target_bytes": target_bytes, "seconds": study["seconds"]}
+        summary = {"arms": {a["key"]: {"val_bpb": a["full"]["val_bpb"], "val_bpb_std": a["full"]["val_bpb_std"],
+                                       "params": a["params_total"]} for a in study["arms"]},
+                   "verdict": study["verdict"], "seconds": study["seconds"]}
         return self.record.result("ablate", summary, artifacts, list(spec.sources))
+
+
+@torch.no_grad()
+def transformers_bpb(hf_dir: Path, data_dir: str, seq_len: int, batch: int) -> float:
+    """Held-out bits-per-byte of a Hugging Face export computed by transformers' Llama over every held-out
+    window, with the bytes of exactly the scored tokens."""
+    import numpy as np
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).eval()
+    val = TokenData.open(Path(data_dir), "val", seq_len)
+    token_bytes = np.load(Path(data_dir) / "token_bytes.npy")
+    nats, n_bytes = 0.0, 0
+    for start in range(0, len(val), batch):
+        x, y = val.batch(range(start, min(start + batch, len(val))))
+        logits = model(input_ids=x).logits.float()
+        nats += torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
+        n_bytes += int(token_bytes[y.numpy()].sum())
+    return nats / math.log(2) / n_bytes
 
 
 def run_ablation(spec: AblateSpec, out_dir: str | Path, log=print) -> dict:

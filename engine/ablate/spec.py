@@ -1,74 +1,91 @@
 """The `ablate` stage's config (STAGE_SPECS["ablate"] in engine.spec): a `scale` preset that fixes the
-tokenizer sizes, the arms' shapes (named presets in engine/config.py) and the budgets, plus the few
-knobs worth changing from a job file. Fields left unset take the scale's value."""
+tokenizer, the baseline and parent shapes (the other arms' shapes are computed from the baseline,
+engine/ablate/shapes.py), the token budget, the budget curve and the seeds, plus the few knobs worth
+changing from a job file. Fields left unset take the scale's value."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
+from pydantic import Field, PositiveInt, model_validator
 
 from engine.inherit.spec import DepthMethod, WidthMetric
-from engine.paths import BUNDLED_CORPUS
+from engine.paths import BUNDLED_CORPUS, FULL_CORPUS
 from engine.spec import Strict
 
 
 @dataclass(frozen=True)
 class Scale:
-    large_vocab: int  # the SentencePiece model trained on the corpus (arm 1's tokenizer)
-    compact_vocab: int  # what compaction keeps of it (arms 2-5)
-    base_preset: str  # arm 1: large vocabulary, shallow and wide
-    wide_preset: str  # arm 2: compact vocabulary, same depth, widened to arm 1's parameters
-    deep_preset: str  # arms 3-5: compact vocabulary, deeper and narrower at arm 1's parameters
-    parent_preset: str  # arms 4-5 inherit from it (large vocabulary, trained on the same corpus)
+    corpus: str  # default sources
+    large_vocab: int  # the BPE trained on the corpus (arm 1's tokenizer)
+    base_layers: int  # arm 1: shallow and wide, tied embeddings
+    base_width: int
+    head_dim: int  # every shape's head size (heads are kept whole by inheritance)
+    deep_layers: int  # arms 3-5: deeper and narrower at arm 1's parameters
+    parent_layers: int  # arms 4-5 inherit from it (large vocabulary, same corpus)
+    parent_width: int
     batch_size: int
     seq_len: int
-    baseline_steps: int  # the compute budget: arm 1's steps x tokens per step x its FLOPs per token
+    val_fraction: float  # held-out share of the corpus (chosen by chunk: the same text for both tokenizers)
+    budget_steps: int  # the full budget: steps x batch_size x seq_len training tokens, the same for every arm
     parent_steps: int
-    seeds: int
-    bytes_seeds: int
+    budgets: tuple[float, ...]  # the budget curve: fractions of budget_steps, the last one 1.0
+    seeds: int  # seeds at the full budget
+    curve_seeds: int  # seeds at the smaller budgets
     lr: float
+    threads: int
 
 
 SCALES: dict[str, Scale] = {
-    # tests: well under 90 s on the 2-core machine
-    "smoke": Scale(2048, 1024, "ablate-smoke-base", "ablate-smoke-wide", "ablate-smoke-deep", "ablate-smoke-parent",
-                   batch_size=8, seq_len=64, baseline_steps=30, parent_steps=40, seeds=1, bytes_seeds=1, lr=3e-3),
-    # the committed result (docs/ablation/): about 20 minutes on an idle 2-core machine, one thread
-    "default": Scale(8192, 4096, "ablate-base-8k", "ablate-wide-4k", "ablate-deep-4k", "ablate-parent-8k",
-                     batch_size=16, seq_len=128, baseline_steps=150, parent_steps=180, seeds=2, bytes_seeds=2,
-                     lr=3e-3),
+    # tests: about a minute on the 2-core machine
+    "smoke": Scale(str(BUNDLED_CORPUS), 2048, base_layers=2, base_width=64, head_dim=16, deep_layers=4,
+                   parent_layers=4, parent_width=128, batch_size=8, seq_len=64, val_fraction=0.05, budget_steps=24,
+                   parent_steps=30, budgets=(0.5, 1.0), seeds=1, curve_seeds=1, lr=3e-3, threads=1),
+    # the committed result (docs/ablation/): at most 45 minutes on an idle 2-core machine
+    "default": Scale(str(FULL_CORPUS), 4096, base_layers=5, base_width=96, head_dim=32, deep_layers=12,
+                     parent_layers=12, parent_width=128, batch_size=16, seq_len=256, val_fraction=0.02,
+                     budget_steps=500, parent_steps=800, budgets=(0.25, 0.5, 1.0), seeds=3, curve_seeds=2, lr=3e-3, threads=2),
 }
 
 
 class AblateSpec(Strict):
     scale: Literal["smoke", "default"] = "default"
-    sources: list[str] = Field(default_factory=lambda: [str(BUNDLED_CORPUS)], min_length=1,
-                               description="the corpus every arm, the tokenizer and the parent train on")
-    seeds: PositiveInt | None = Field(None, description="training seeds of every arm (equal-compute runs)")
-    bytes_seeds: NonNegativeInt | None = Field(None, description="seeds of the separate equal-bytes runs (0: none)")
-    baseline_steps: PositiveInt | None = Field(None, description="arm 1's steps: sets the shared FLOPs budget")
+    sources: list[str] | None = Field(None, min_length=1, description="the corpus every arm, the tokenizer and the "
+                                                                     "parent train on; default: the scale's")
+    seeds: PositiveInt | None = Field(None, description="training seeds of every arm at the full budget")
+    curve_seeds: PositiveInt | None = Field(None, description="seeds at the budget curve's smaller budgets")
+    budget_steps: PositiveInt | None = Field(None, description="every arm's steps at the full budget (equal "
+                                                               "training tokens)")
+    budgets: list[float] | None = Field(None, min_length=1, description="the budget curve: fractions of "
+                                                                       "budget_steps, ascending, the last 1.0")
     parent_steps: PositiveInt | None = Field(None, description="training steps of the parent (arms 4-5)")
+    compact_coverage: float = Field(0.98, gt=0, le=1, description="share of the large tokenizer's token "
+                                                                  "occurrences the compact one keeps")
     inherit_depth: DepthMethod = Field("ends", description="which parent layers the child keeps (the paper's)")
     inherit_width: WidthMetric = Field("activation", description="which heads/neurons/channels it keeps")
-    round1_fraction: float = Field(2 / 3, gt=0, lt=1, description="arm 5: share of the budget's steps in round 1; "
-                                                                 "the rest is the replay round")
-    replay_rate: float = Field(0.5, gt=0, le=1, description="arm 5: share of round 1's batches drawn for round 2")
+    replay_rate: float = Field(0.5, gt=0, le=1, description="arm 5: share of arm 4's batches drawn for round 2")
     replay_temperature: float = Field(1.0, gt=0, description="arm 5: T of softmax(loss / T)")
-    threads: PositiveInt = Field(1, description="torch threads (1: tiny matmuls on a shared CPU run fastest)")
+    threads: PositiveInt | None = Field(None, description="torch threads")
     backend: Literal["auto", "cpu", "cuda", "npu"] = "cpu"
-    precision: Literal["bf16", "fp16", "fp32"] = "fp32"
-    cache_dir: str | None = Field(None, description="tokenised shards; default $TINYFORGE_HOME/datasets")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "fp32"
+    export: bool = Field(True, description="export every arm's final model (full budget) as a Hugging Face directory")
+    cache_dir: str | None = Field(None, description="tokenised shards, tokenizers and parents shared across runs; "
+                                                    "default $TINYFORGE_HOME/datasets")
 
     @model_validator(mode="after")
     def _check(self):
         s = SCALES[self.scale]
-        for name in ("seeds", "bytes_seeds", "baseline_steps", "parent_steps"):
+        for name in ("seeds", "curve_seeds", "budget_steps", "parent_steps", "threads"):
             if getattr(self, name) is None:
                 setattr(self, name, getattr(s, name))
-        if self.bytes_seeds > self.seeds:
-            raise ValueError(f"bytes_seeds: {self.bytes_seeds} is more than seeds={self.seeds} (the equal-bytes "
-                             "view reuses the equal-compute runs of the same seeds)")
+        if self.sources is None:
+            self.sources = [s.corpus]
+        if self.budgets is None:
+            self.budgets = list(s.budgets)
+        if self.budgets != sorted(self.budgets) or self.budgets[-1] != 1.0 or self.budgets[0] <= 0:
+            raise ValueError(f"budgets: {self.budgets} must ascend within (0, 1] and end at 1.0 (the full budget)")
+        if self.curve_seeds > self.seeds:
+            raise ValueError(f"curve_seeds: {self.curve_seeds} is more than seeds={self.seeds}")
         return self
 
     @property
