@@ -3,7 +3,8 @@ training split scores on the held-out split. A language model that ends above it
 floor is still learning n-gram statistics (the ablation reports both as regime guards).
 
 Scoring follows the engine's evaluation (engine/train.py `evaluate`): every held-out token that has a
-predecessor in its shard is a target (eos included, as the model predicts it too), and bits-per-byte is
+predecessor in its shard is a target (eos included, as the model predicts it too; with `seq_len`, exactly
+the targets of a full evaluation at that window length), and bits-per-byte is
 the targets' summed bits / the UTF-8 bytes those same target ids stand for (the dataset's
 `token_bytes.npy`, convention in engine/tokenizers.py `token_byte_lengths`).
 
@@ -34,14 +35,20 @@ def _streams(root: Path, meta: dict, split: str) -> list[np.ndarray]:
             for n in meta["shards"][split] if (root / n).stat().st_size]
 
 
-def ngram_floors(data_dir: str | Path, k: float = 1.0, discount: float | None = None) -> dict:
+def ngram_floors(data_dir: str | Path, k: float = 1.0, discount: float | None = None,
+                 seq_len: int | None = None) -> dict:
     """The unigram and bigram bits-per-byte floors of the dataset prepared in `data_dir` (engine.data.prepare):
-    counts from its train split, scored on its held-out (val) split. Returns {"unigram_bpb", "bigram_bpb",
-    "tokens" and "bytes" scored, "train_tokens", "discount", "k"}."""
+    counts from its train split, scored on its held-out (val) split. With `seq_len`, exactly the targets a
+    full evaluation at that window length scores (engine.data.TokenData windows; the few tokens after the
+    last whole window are left out, as there). Returns {"unigram_bpb", "bigram_bpb", "tokens" and "bytes"
+    scored, "train_tokens", "discount", "k"}."""
     root = Path(data_dir)
     meta = json.loads((root / "meta.json").read_text())
     token_bytes = np.load(root / "token_bytes.npy")
-    return floors_from_streams(_streams(root, meta, "train"), _streams(root, meta, "val"), token_bytes, k, discount)
+    val = _streams(root, meta, "val")
+    if seq_len is not None:
+        val = [s[: (len(s) - 1) // seq_len * seq_len + 1] for s in val]
+    return floors_from_streams(_streams(root, meta, "train"), val, token_bytes, k, discount)
 
 
 def floors_from_streams(train: list[np.ndarray], val: list[np.ndarray], token_bytes: np.ndarray, k: float = 1.0,

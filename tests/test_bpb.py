@@ -88,6 +88,9 @@ def test_byte_tokenizer_partial_and_full_evaluation_match_their_own_text(tmp_pat
         assert m["bpb"] == pytest.approx(expected, rel=1e-5)
         results[name] = (m, n)
     assert results["partial"][1] == 2 * MB and results["full"][1] == len(val) > 2 * MB
+    # the n-gram floors at the same window length score exactly the full evaluation's targets
+    floors = ngram_floors(root, seq_len=SEQ)
+    assert (floors["tokens"], floors["bytes"]) == (results["full"][0]["tokens"], results["full"][0]["bytes"])
 
 
 @pytest.fixture(scope="module")
