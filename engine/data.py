@@ -193,6 +193,26 @@ class ShardWriter:
         return self.count
 
 
+def load_token_bytes(root: Path, meta: dict) -> np.ndarray:
+    """The dataset's per-id byte table; a folder prepared before it existed (dataset key v1) gets it
+    from its tokenizer, when that still has the fingerprint the folder was made with."""
+    path = root / "token_bytes.npy"
+    if not path.exists():
+        from engine.tokenizers import load_tokenizer
+        try:
+            tok = load_tokenizer(meta["tokenizer"])
+        except (OSError, ValueError) as exc:
+            raise DataError(f"data: {root} has no token_bytes.npy and its tokenizer cannot be loaded ({exc}); "
+                            "delete the folder to tokenise again") from None
+        if tok.fingerprint() != meta.get("tokenizer_fingerprint"):
+            raise DataError(f"data: {root} has no token_bytes.npy and its tokenizer {meta['tokenizer']} has "
+                            "changed since; delete the folder to tokenise again")
+        tmp = root / f"token_bytes.tmp{os.getpid()}.npy"
+        np.save(tmp, token_byte_lengths(tok))
+        os.replace(tmp, path)
+    return np.load(path)
+
+
 @dataclass
 class TokenData:
     """One split as fixed windows of seq_len + 1 tokens, never crossing a shard boundary.
@@ -214,7 +234,7 @@ class TokenData:
                             "ids; token ids would be out of range")
         shards = [np.memmap(Path(root) / n, dtype=meta["dtype"], mode="r") for n in meta["shards"][split]]
         tokens = max(meta["tokens"][split], 1)
-        return cls(shards, seq_len, np.load(Path(root) / "token_bytes.npy"), meta["bytes"][split] / tokens)
+        return cls(shards, seq_len, load_token_bytes(Path(root), meta), meta["bytes"][split] / tokens)
 
     def __post_init__(self):
         self.per_shard = [max((len(s) - 1) // self.seq_len, 0) for s in self.shards]

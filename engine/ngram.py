@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.data import load_token_bytes
+
 
 def _streams(root: Path, meta: dict, split: str) -> list[np.ndarray]:
     return [np.asarray(np.memmap(root / n, dtype=meta["dtype"], mode="r"), dtype=np.int64)
@@ -44,7 +46,7 @@ def ngram_floors(data_dir: str | Path, k: float = 1.0, discount: float | None = 
     scored, "train_tokens", "discount", "k"}."""
     root = Path(data_dir)
     meta = json.loads((root / "meta.json").read_text())
-    token_bytes = np.load(root / "token_bytes.npy")
+    token_bytes = load_token_bytes(root, meta)
     val = _streams(root, meta, "val")
     if seq_len is not None:
         val = [s[: (len(s) - 1) // seq_len * seq_len + 1] for s in val]

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from engine.backend import resolve
 from engine.config import model_config, padded_vocab
-from engine.data import TokenData, prepare
+from engine.data import DataError, TokenData, prepare
 from engine.model import GPT
 from engine.ngram import floors_from_streams, ngram_floors
 from engine.tokenizers import ByteTokenizer, load_tokenizer, token_byte_lengths
@@ -191,3 +191,16 @@ def test_ngram_floors_on_a_prepared_dataset(tmp_path):
     # a bigram model of bytes beats a unigram one, which beats 8 bits a byte
     assert 0 < f["bigram_bpb"] < f["unigram_bpb"] < 8
     assert 0 < f["discount"] < 1
+
+
+def test_a_dataset_prepared_without_the_byte_table_gets_it_from_its_tokenizer(tmp_path):
+    root = prepare(SOURCES, ByteTokenizer(), tmp_path, log=quiet)
+    table = np.load(root / "token_bytes.npy")
+    (root / "token_bytes.npy").unlink()  # as a folder from before the table existed
+    assert np.array_equal(TokenData.open(root, "val", SEQ).token_bytes, table)
+    assert np.array_equal(np.load(root / "token_bytes.npy"), table)
+    (root / "token_bytes.npy").unlink()
+    meta = json.loads((root / "meta.json").read_text())
+    (root / "meta.json").write_text(json.dumps({**meta, "tokenizer_fingerprint": "something else"}))
+    with pytest.raises(DataError, match="delete the folder"):
+        TokenData.open(root, "val", SEQ)
