@@ -3,18 +3,19 @@
 For each operator: forward+backward time and peak memory of the reference (engine/ops.py) and of the
 device's fused implementation, printed as ratios (speed-up = eager time / fused time; memory =
 fused peak / eager peak). On a GPU also Liger's time and ours relative to it; on a GPU or NPU one
-whole training step of the pangu-pi-1b-pro preset (tokens/s, MFU against this device's measured
-bf16 matmul peak) with the fused table and with the reference table.
+whole training step of the pangu-pi-1b-pro preset (tokens/s, MFU against the vendor's bf16 peak,
+engine/peaks.py) with the fused table and with the reference table.
 On CPU only what runs natively is timed: the reference, the plain-torch chunked cross-entropy and
 torch's fused AdamW (Triton's interpreter is a correctness tool, not something to time).
 
 Targets on a GPU: each fused op >= 1.5x eager and >= 1.0x Liger; fused cross-entropy <= 0.25 of
 eager's peak memory; the 1B preset >= 45% MFU in bf16.
-Usage: python bench/kernels.py [--backend auto] [--repeats 5] [--steps 5] [--micro-batch 4]
+Usage: python bench/kernels.py [--backend auto] [--repeats 5] [--steps 5] [--micro-batch 4] [--json FILE]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import time
 from dataclasses import dataclass
@@ -22,12 +23,13 @@ from typing import Callable
 
 import torch
 
-from engine.arch import flops_per_token, measured_matmul_peak
+from engine.arch import flops_per_token
 from engine.backend import Backend, detect, resolve
 from engine.config import model_config
 from engine.model import GPT
 from engine.ops import OP_NAMES, build_table, fused_adamw, load_operator
 from engine.peak_memory import peak_memory_bytes
+from engine.peaks import device_peak
 from engine.train import param_groups
 
 FUSED_IMPL = {"cuda": {op: "triton" for op in OP_NAMES}, "npu": {op: "npu" for op in OP_NAMES},
@@ -182,10 +184,10 @@ def format_row(row: dict) -> str:
     return "".join(cells)
 
 
-def bench_whole_step(backend: Backend, steps: int, micro_batch: int) -> None:
+def bench_whole_step(backend: Backend, steps: int, micro_batch: int) -> dict:
     cfg = model_config(PRESET)
     seq = cfg.block_size
-    peak = measured_matmul_peak(str(backend.device), torch.bfloat16, n=4096, seconds=1.0)
+    peak, source = device_peak(backend.device, torch.bfloat16)
     results = {}
     for name, table in (("fused", backend.ops),
                         ("reference", build_table(backend.name, {op: "torch" for op in OP_NAMES}))):
@@ -209,19 +211,22 @@ def bench_whole_step(backend: Backend, steps: int, micro_batch: int) -> None:
             step()
         sync(backend.device)
         tps = steps * micro_batch * seq / (time.perf_counter() - t)
-        results[name] = tps
+        results[name] = {"tokens_per_s": tps, "mfu": tps * flops_per_token(cfg, seq) / peak}
         print(f"whole step {PRESET} ({name} table, micro-batch {micro_batch} x {seq}, bf16): {tps:,.0f} tokens/s, "
-              f"MFU {tps * flops_per_token(cfg, seq) / peak:.1%} of the measured {peak / 1e12:.0f} TFLOP/s bf16 matmul")
+              f"MFU {results[name]['mfu']:.1%} ({source})")
         del model, opt
-    print(f"whole step speed-up, fused / reference table: {results['fused'] / results['reference']:.2f}x")
+    speedup = results["fused"]["tokens_per_s"] / results["reference"]["tokens_per_s"]
+    print(f"whole step speed-up, fused / reference table: {speedup:.2f}x")
+    return {**results, "micro_batch": micro_batch, "seq": seq, "peak_flops": peak, "peak_source": source}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=5, help="whole-step benchmark steps (GPU/NPU)")
+    ap.add_argument("--steps", type=int, default=5, help="whole-step benchmark steps (GPU/NPU; 0: skip it)")
     ap.add_argument("--micro-batch", type=int, default=4)
+    ap.add_argument("--json", help="also write the rows (seconds, peak bytes) and the whole step as JSON here")
     args = ap.parse_args()
     torch.manual_seed(0)
     requested = detect() if args.backend == "auto" else args.backend
@@ -237,11 +242,15 @@ def main():
     print(f"shapes: batch {s.batch} x seq {s.seq}, hidden {s.hidden}, heads {s.heads}/{s.kv_heads}, ffn {s.ffn}, "
           f"cross-entropy {s.ce_tokens} tokens x vocab {s.vocab}")
     print(HEADER)
-    bench_operators(backend, args.repeats)
-    if device.type in ("cuda", "npu"):
-        bench_whole_step(backend, args.steps, args.micro_batch)
+    rows = bench_operators(backend, args.repeats)
+    step = None
+    if device.type in ("cuda", "npu") and args.steps > 0:
+        step = bench_whole_step(backend, args.steps, args.micro_batch)
     else:
         print(f"whole step {PRESET}: skipped (needs a GPU or NPU)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": name, "operators": rows, "whole_step": step}, f, indent=1)
 
 
 if __name__ == "__main__":

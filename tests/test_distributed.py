@@ -103,3 +103,13 @@ def test_deepspeed_setting_that_cannot_run_fails_at_plan_time(tmp_path):
     assert proc.returncode == 2
     assert "parallel.deepspeed_config: zero_optimization.offload_optimizer.device=cpu" in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_zero_with_bf16_runs_through_deepspeeds_own_autocast(tmp_path):
+    """bf16 under ZeRO goes through DeepSpeed's torch_autocast section (gradients of the Linear layers
+    reduced in bf16, fp32 master weights), not an outer autocast DeepSpeed cannot see."""
+    torchrun(config(tmp_path, "zero2", precision="bf16", steps=3, eval_every=3, checkpoint_every=3),
+             tmp_path / "run")
+    train = losses(tmp_path / "run")
+    assert sorted(train) == [1, 2, 3] and all(0 < v < 10 for v in train.values())
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["backend"]["precision"] == "bfloat16"

@@ -319,3 +319,89 @@ def test_deterministic_switch_sets_every_flag_and_the_run_records_it(tmp_path, m
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["deterministic"] is True and run["device_peak_source"].startswith("measured")
+
+
+# --- on a GPU (bench/device_check.py runs these) -------------------------------------------------------
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _cut_resume(tmp_path, spec, k: int):
+    """(uninterrupted run, run cut after step k and resumed) directories."""
+    import shutil
+
+    from engine import checkpoint as ckpt
+    from engine.train import train
+    quiet = dict(show_progress=False, log=lambda *a, **k: None)
+    train(spec, tmp_path / "full", **quiet)
+    train(spec, tmp_path / "cut", **quiet)
+    for p in ckpt.list_checkpoints(tmp_path / "cut" / "checkpoints"):
+        if p.name != f"step_{k:08d}":
+            shutil.rmtree(p)
+    lines = [ln for ln in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines() if json.loads(ln)["step"] <= k]
+    (tmp_path / "cut" / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    train(spec, tmp_path / "cut", **quiet)
+    final = {}
+    for run in ("full", "cut"):
+        final[run] = ckpt.load(ckpt.list_checkpoints(tmp_path / run / "checkpoints")[-1], ("model",))[1]["model"]
+    return final["full"], final["cut"]
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_deterministic_resume_is_bit_identical_on_cuda(tmp_path, micro_spec, restore_determinism):
+    spec = micro_spec(backend="cuda", precision="bf16", deterministic=True, checkpoint_every=5, keep_checkpoints=10,
+                      steps=12, eval_every=12)
+    full, cut = _cut_resume(tmp_path, spec, 5)
+    for name in full:
+        assert torch.equal(full[name], cut[name]), name
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_resume_without_the_switch_matches_to_a_tolerance_on_cuda(tmp_path, micro_spec):
+    spec = micro_spec(backend="cuda", precision="bf16", checkpoint_every=5, keep_checkpoints=10, steps=12,
+                      eval_every=12)
+    full, cut = _cut_resume(tmp_path, spec, 5)
+    for name in full:
+        torch.testing.assert_close(cut[name], full[name], atol=1e-3, rtol=1e-2, msg=name)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs (a Triton launch on a non-current device)")
+def test_triton_kernels_run_on_the_bound_device_of_a_second_rank():
+    from cuda_fallback import ops as triton_ops
+    from engine import ops as ref
+    device = distributed.bind_device("cuda", 1)
+    try:
+        x, w = torch.randn(4, 96, device=device), torch.randn(96, device=device)
+        torch.testing.assert_close(triton_ops.rms_norm(x, w, 1e-5), ref.rms_norm(x, w, 1e-5))
+    finally:
+        torch.cuda.set_device(0)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_wide_rms_norm_in_bf16_on_gpu():
+    from cuda_fallback import ops as triton_ops
+    from engine import ops as ref
+    from tests.ops_helpers import assert_matches_reference
+    x, w = torch.randn(8, 65536, device="cuda", dtype=torch.bfloat16), torch.randn(65536, device="cuda")
+    assert_matches_reference(lambda x, w: triton_ops.rms_norm(x, w, 1e-5), lambda x, w: ref.rms_norm(x, w, 1e-5),
+                             [x.requires_grad_(), w.requires_grad_()], atol=5e-2, rtol=5e-2)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_liger_rope_leaves_the_projection_alone_on_gpu():
+    pytest.importorskip("liger_kernel", reason="liger-kernel not installed (pip install 'tinyforge[cuda]')")
+    from cuda_fallback import liger
+    from engine import ops as ref
+    T, D = 33, 64
+    emb = torch.outer(torch.arange(T).float(), 1.0 / 10000 ** (torch.arange(0, D, 2).float() / D)).repeat(1, 2)
+    cos, sin = emb.cos().cuda(), emb.sin().cuda()
+    projection = torch.randn(2, T, 4, D, device="cuda")
+    before = projection.clone()
+    out = liger.rotary(projection.transpose(1, 2), cos, sin)
+    assert torch.equal(projection, before)
+    torch.testing.assert_close(out, ref.rotary(before.transpose(1, 2), cos, sin), atol=1e-5, rtol=1e-5)
