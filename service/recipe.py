@@ -1,6 +1,7 @@
 """The `recipe` shorthand: the PanGu-pi Pro pipeline as stages, wired by ${stages...} references.
 
     tokenizer -> [parent] -> inherit -> round1 (train) -> round2 (rounds) -> export -> eval
+                                      [-> scratch (train, random init of the child's shape) -> eval_scratch]
 
 The wiring below is the only place that knows which config key of a stage takes which output of
 an earlier one. A recipe section is deep-merged over its wiring, so a user can override any key.
@@ -55,4 +56,37 @@ def expand(recipe, resources) -> list[tuple[str, str, dict, tuple]]:
         ("eval", "eval", deep_merge({"checkpoint": ckpt("round2"), "data": {**data, "tokenizer": TOK}}, recipe.eval),
          at("eval")),
     ]
+    if recipe.scratch is not None:  # the control: same shape, same tokenizer, same held-out windows, no parent
+        stages += [
+            ("scratch", "train", deep_merge({"data": {**data, "tokenizer": TOK},
+                                             "init": {"checkpoint": ckpt("inherit"), "weights": "random"}},
+                                            recipe.scratch), at("scratch")),
+            ("eval_scratch", "eval", deep_merge({"checkpoint": ckpt("scratch"), "data": {**data, "tokenizer": TOK}},
+                                                recipe.eval), at("eval")),
+        ]
     return stages
+
+
+def comparison(stages: list[dict]) -> dict | None:
+    """The recipe against its from-scratch control, from what the stages recorded (None until both evals have):
+    held-out bits-per-byte of the final model (eval) and of the control (eval_scratch), scored on the same
+    held-out windows with the same tokenizer, beside the child's training compute (round1 + round2) and the
+    control's, and the parent's cost, stated separately."""
+    by = {st["name"]: st.get("summary") or {} for st in stages}
+    recipe, scratch = by.get("eval", {}).get("val_bpb"), by.get("eval_scratch", {}).get("val_bpb")
+    if recipe is None or scratch is None:
+        return None
+    child_flops = sum(by.get(n, {}).get("flops") or 0.0 for n in ("round1", "round2"))
+    child_tokens = sum(by.get(n, {}).get("tokens") or 0 for n in ("round1", "round2"))
+    out = {"recipe_bpb": recipe, "scratch_bpb": scratch, "difference": recipe - scratch,
+           "child_tokens": child_tokens, "child_flops": child_flops,
+           "scratch_tokens": by.get("scratch", {}).get("tokens"), "scratch_flops": by.get("scratch", {}).get("flops"),
+           "parent_tokens": by.get("parent", {}).get("tokens"), "parent_flops": by.get("parent", {}).get("flops")}
+    compute = (f"{child_flops / 1e12:.2f} vs {(out['scratch_flops'] or 0) / 1e12:.2f} TFLOP of child training, "
+               f"{child_tokens:,} vs {out['scratch_tokens'] or 0:,} tokens")
+    parent = (f"; the parent cost {out['parent_flops'] / 1e12:.2f} TFLOP ({out['parent_tokens']:,} tokens) more"
+              if out["parent_flops"] else "")
+    verdict = "better" if recipe < scratch else "not better"
+    out["text"] = (f"recipe vs scratch: {recipe:.4f} vs {scratch:.4f} held-out bits/byte ({recipe - scratch:+.4f}, "
+                   f"the recipe is {verdict}) at equal child training compute ({compute}){parent}")
+    return out

@@ -106,7 +106,8 @@ class ParentSpec(Strict):
 
 
 class RecipeSpec(Strict):
-    """The PanGu-pi Pro pipeline: compact tokenizer -> inherit -> round 1 -> round 2 -> export -> eval.
+    """The PanGu-pi Pro pipeline: compact tokenizer -> inherit -> round 1 -> round 2 -> export -> eval, and
+    optionally a from-scratch control of the child's shape (scratch -> eval_scratch).
     Each section is that stage's config, merged over the wiring the expansion fills (service/recipe.py)."""
     data: dict[str, Any] = Field(default_factory=lambda: {"sources": ["data/sample"]},
                                  description="corpus settings shared by every stage that reads data")
@@ -117,6 +118,10 @@ class RecipeSpec(Strict):
     round2: dict[str, Any] = Field(default_factory=dict)
     export: dict[str, Any] = Field(default_factory=dict)
     eval: dict[str, Any] = Field(default_factory=dict)
+    scratch: dict[str, Any] | None = Field(
+        None, description="the control: a train config for the child's shape from a random init (give it round 1 "
+                          "+ round 2's steps for equal training compute); adds stages scratch and eval_scratch, and "
+                          "the job's comparison")
 
 
 class Webhook(Strict):

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-STAGES = ["tokenizer", "parent", "inherit", "round1", "round2", "export", "eval"]
+STAGES = ["tokenizer", "parent", "inherit", "round1", "round2", "export", "eval", "scratch", "eval_scratch"]
 
 
 def _free_port() -> int:
@@ -42,6 +42,13 @@ def test_quick_demo_runs_the_recipe_through_the_service(tmp_path):
     assert re.search(r"vocab 2,048 -> [\d,]+ pieces", rows["tokenizer"])
     assert re.search(r"val loss \d+\.\d{4}, val bpb \d+\.\d{4}", rows["eval"])
     assert re.search(r"^final model: [\d,]+ parameters, held-out loss \d+\.\d{4}", out, re.M)
+    # the last word: the recipe against the same shape trained from scratch, at equal child training compute
+    m = re.search(r"^recipe vs scratch: (\d+\.\d{4}) vs (\d+\.\d{4}) held-out bits/byte \(([+-]\d+\.\d{4}), .*"
+                  r"at equal child training compute \(([\d.]+) vs ([\d.]+) TFLOP of child training, ([\d,]+) vs "
+                  r"([\d,]+) tokens\); the parent cost", out, re.M)
+    assert m, out
+    assert m.group(6) == m.group(7) and m.group(4) == m.group(5)  # 20 + 10 steps of the recipe, 30 of the control
+    assert rows["eval"].endswith(f"val bpb {m.group(1)}") and rows["eval_scratch"].endswith(f"val bpb {m.group(2)}")
 
     # the export is where the demo says, and transformers' files are in it
     hf_dir = tmp_path / re.search(r"^Hugging Face model: (\S+)$", out, re.M).group(1)

@@ -105,7 +105,7 @@ class Ablation:
         root = prepare(self.spec.sources, tok, self.cache, self.sc.val_fraction, log=lambda m: self.log(f"  data: {m}"))
         meta = json.loads((root / "meta.json").read_text())
         val = TokenData.open(root, "val", self.sc.seq_len)
-        floors = ngram_floors(root)
+        floors = ngram_floors(root, seq_len=self.sc.seq_len)  # exactly the targets every arm is scored on
         return {"dir": str(root), "vocab": tok.vocab_size, "train_tokens": meta["tokens"]["train"],
                 "train_bytes": meta["bytes"]["train"], "val_tokens": meta["tokens"]["val"],
                 "val_bytes": meta["bytes"]["val"],

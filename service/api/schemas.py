@@ -98,6 +98,8 @@ class JobOut(BaseModel):
     attempts: list[AttemptOut] | None = None
     webhook_url: str | None = None
     spec: dict[str, Any] | None = None
+    comparison: dict[str, Any] | None = Field(None, description="a recipe with a scratch control: its held-out "
+                                                                "bits/byte against the control's (service/recipe.py)")
 
 
 class JobListOut(BaseModel):

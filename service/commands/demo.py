@@ -25,17 +25,18 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO_SPEC = REPO / "examples" / "demo-recipe.yaml"
 TERMINAL = ("succeeded", "failed", "cancelled")
 
-# --quick: the same seven stages at test size (about a minute of work on 2 cores)
+# --quick: the same stages at test size on the bundled sample (about a minute of work on 2 cores)
 _SHORT = {"steps": 20, "micro_batch": 4, "batch_size": 8, "seq_len": 64, "eval_every": 10, "eval_batches": 2,
           "checkpoint_every": 10, "log_every": 5}
 QUICK = {"name": "demo-recipe-quick", "recipe": {
-    "tokenizer": {"compact_vocab": 384},
+    "data": {"sources": ["data/sample"], "val_fraction": 0.05},
     "parent": {"train": {**_SHORT, "model": {"preset": "micro"}}},
-    "inherit": {"child": {"preset": "micro", "n_layer": 1, "n_embd": 64}, "calib": {"batches": 2, "seq_len": 64},
-                "eval_batches": 2},
-    "round1": _SHORT,
-    "round2": {**_SHORT, "steps": 8},
-    "eval": {"batches": 2}}}
+    "inherit": {"child": {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_kv_head": 1, "ffn_hidden": 64},
+                "calib": {"batches": 2, "seq_len": 64}, "eval_batches": 2},
+    "round1": {**_SHORT, "optim": {"schedule_steps": 30}},
+    "round2": {**_SHORT, "steps": None},
+    "scratch": {**_SHORT, "steps": 30},
+    "eval": {"batches": 2, "micro_batch": 4}}}
 
 
 def _rel(path) -> str:
@@ -283,6 +284,8 @@ def report(client: Client, job: dict, home: Path, url: str) -> str:
     hf_dir = _artifact(client, job["id"], "export", "hf_model")
     if hf_dir:
         lines.append(f"Hugging Face model: {_rel(hf_dir)}")
+    if job.get("comparison"):
+        lines.append(job["comparison"]["text"])
     checkpoint = ((by.get("round2") or {}).get("summary") or {}).get("checkpoint")
     if checkpoint:
         lines.append(f"engine checkpoint: {_rel(checkpoint)} (tinyforge generate --checkpoint ... --prompt ...)")

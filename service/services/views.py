@@ -1,6 +1,7 @@
 """Rows -> the dicts the API returns (shapes documented by service/api/schemas.py)."""
 from __future__ import annotations
 
+from service import recipe
 from service.db.models import Artifact, Attempt, Event, Job, Stage, Worker
 
 
@@ -48,6 +49,7 @@ def job_view(job: Job, labels: dict, stages: list[Stage], attempts: list[Attempt
     if detail:
         out["webhook_url"] = job.webhook_url
         out["spec"] = job.spec
+        out["comparison"] = recipe.comparison(out["stages"])
     return out
 
 
