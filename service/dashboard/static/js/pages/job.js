@@ -11,7 +11,9 @@ import { LogView } from '../logview.js';
 
 const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
 export const CHARTS = [
-  { key: 'loss', title: 'Loss (train — solid, held-out — dashed)' },
+  // bits per byte is the one unit that compares stages with different tokenizers (nats per token does not)
+  { key: 'bpb', title: 'Held-out bits per byte (comparable across tokenizers)' },
+  { key: 'loss', title: 'Loss, nats per token of each stage\'s tokenizer (train — solid, held-out — dashed)' },
   { key: 'lr', title: 'Learning rate' },
   { key: 'grad_norm', title: 'Grad norm' },
   { key: 'tokens_per_s', title: 'Tokens / s' },
@@ -45,6 +47,7 @@ export function jobPage(root, jobId) {
   let job = null, stage = null, lastEvent = 0, finalMetrics = false, artifactsSeen = -1;
   const head = h('div', { class: 'page-head' });
   const notice = h('div', { id: 'job-notice' });
+  const comparison = h('div', { id: 'job-comparison-box' });
   const info = h('section', { class: 'card', id: 'job-info' });
   const pipe = h('section', { class: 'card', id: 'job-stages' }, h('h2', {}, 'Stages'), h('div'));
   const charts = CHARTS.map((c) => ({ ...c, chart: new LineChart({ title: c.title, logY: false }) }));
@@ -58,7 +61,7 @@ export function jobPage(root, jobId) {
   const eventsBox = h('ol', { class: 'events', id: 'events' });
   const events = h('section', { class: 'card', id: 'job-events' }, h('h2', {}, 'Events'), eventsBox);
   const arts = h('section', { class: 'card', id: 'job-artifacts' }, h('h2', {}, 'Artifacts'), h('div'));
-  root.append(head, notice, info, pipe, chartSec, logs.el, h('div', { class: 'two' }, attempts, events), arts);
+  root.append(head, notice, comparison, info, pipe, chartSec, logs.el, h('div', { class: 'two' }, attempts, events), arts);
 
   function selectStage(name) {
     stage = name;
@@ -115,6 +118,13 @@ export function jobPage(root, jobId) {
     replace(notice,
       job.status === 'queued' && job.pending_reason ? h('div', { class: 'notice', id: 'pending-reason' }, 'Waiting: ', job.pending_reason) : null,
       job.failure_reason ? h('div', { class: 'notice error', id: 'failure-reason' }, `Failed (${job.failure_class || 'unknown'}): `, job.failure_reason) : null);
+    const cmp = job.comparison; // the recipe against its from-scratch control (service/recipe.py)
+    replace(comparison, cmp ? h('div', { class: `notice ${cmp.difference < 0 ? 'ok' : 'error'}`, id: 'job-comparison' },
+      h('strong', {}, 'Recipe vs scratch: '), `${cmp.recipe_bpb.toFixed(4)} vs ${cmp.scratch_bpb.toFixed(4)} held-out bits/byte `,
+      `(${cmp.difference >= 0 ? '+' : ''}${cmp.difference.toFixed(4)}) at equal child training compute `,
+      `(${(cmp.child_flops / 1e12).toFixed(2)} vs ${((cmp.scratch_flops || 0) / 1e12).toFixed(2)} TFLOP, `,
+      `${cmp.child_tokens.toLocaleString()} vs ${(cmp.scratch_tokens || 0).toLocaleString()} tokens)`,
+      cmp.parent_flops ? `; the parent cost ${(cmp.parent_flops / 1e12).toFixed(2)} TFLOP more` : '') : null);
     const r = job.resources;
     const run = job.started_at ? (job.finished_at || Date.now() / 1000) - job.started_at : null;
     replace(info, h('h2', {}, 'Overview'), kv([
