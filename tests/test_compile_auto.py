@@ -1,0 +1,53 @@
+"""compile: auto (the default) compiles the training forward only when the estimated run repays the compile
+time; a resumed run keeps the decision its checkpoints recorded; the run record says what was decided."""
+from __future__ import annotations
+
+import json
+
+from engine import compiling
+from engine.spec import TrainSpec
+
+RUN = dict(tokens_per_step=4096, flops_per_token=1e7, peak_flops=1e12, device_type="cpu", strategy="none")
+
+
+def eager_seconds(steps: int) -> float:
+    return steps * RUN["tokens_per_step"] * RUN["flops_per_token"] / (RUN["peak_flops"] * compiling.EAGER_MFU)
+
+
+def test_default_is_auto_and_booleans_still_parse():
+    assert TrainSpec().compile == "auto"
+    assert TrainSpec.model_validate({"compile": True}).compile is True
+    assert TrainSpec.model_validate({"compile": False}).compile is False
+
+
+def test_auto_compiles_only_a_long_enough_run():
+    need = compiling.COMPILE_COST_S / compiling.EXPECTED_SAVING
+    short = int(need / eager_seconds(1) * 0.5)
+    long = int(need / eager_seconds(1) * 2)
+    on, why, est = compiling.decide("auto", steps=short, **RUN)
+    assert not on and why.startswith("auto -> eager") and est < need
+    on, why, est = compiling.decide("auto", steps=long, **RUN)
+    assert on and why.startswith("auto -> compiled") and est > need
+
+
+def test_explicit_setting_resume_and_zero():
+    assert compiling.decide(True, steps=1, **RUN)[0] is True
+    assert compiling.decide(False, steps=10**9, **RUN)[0] is False
+    assert compiling.decide("auto", steps=10**9, **{**RUN, "strategy": "zero2"})[0] is False
+    on, why, _ = compiling.decide("auto", steps=1, resumed=True, **RUN)  # a resume keeps the run's decision
+    assert on and "as decided when this run started" in why
+
+
+def test_no_compiler_means_eager(monkeypatch):
+    monkeypatch.setattr(compiling.shutil, "which", lambda name: None)
+    on, why, _ = compiling.decide("auto", steps=10**9, **RUN)
+    assert not on and "no C++ compiler" in why
+
+
+def test_short_run_records_the_decision(trained_run):
+    out, _ = trained_run
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    decision = [e for e in events if e["event"] == "compile"]
+    assert decision and decision[0]["enabled"] is False and decision[0]["message"].startswith("auto -> eager"), events
+    result = json.loads((out / "result.json").read_text())
+    assert result["summary"]["compile"] == {"enabled": False, "first_step_s": None}
