@@ -13,6 +13,7 @@ from functools import lru_cache
 import torch
 
 from engine.ops import OP_NAMES, OpTable, build_table
+from engine.spec import FP16_REFUSED
 
 log = logging.getLogger(__name__)
 
@@ -147,12 +148,6 @@ def _autocast_dtype(name: str, precision: str) -> torch.dtype | None:
         raise ValueError(FP16_REFUSED)
     raise ValueError(f"precision: unknown precision {precision!r}; choose auto, bf16 or fp32")
 
-
-# fp16 needs dynamic loss scaling on every path, and the chunked loss keeps its logit gradient (values
-# around 1/(tokens x vocab), e.g. 4e-9) in the logits' dtype, where fp16 flushes it to zero. Neither is
-# implemented, so fp16 is refused rather than silently training on zero gradients.
-FP16_REFUSED = ("precision: fp16 is not supported (no loss scaling, and the fused loss's logit gradient "
-                "underflows in fp16); use bf16, or fp32 where the device has no bf16 (auto chooses)")
 
 # torch_npu operators documented for Atlas A2 (910B) and A3 (910C) only (npu_swiglu,
 # npu_fusion_attention): on the first 910 (910A, "Atlas training series") the reference runs instead.

@@ -19,6 +19,11 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 OpImpl = Literal["torch", "chunked", "triton", "liger", "npu"]
 MEMORY_LIMIT_ENV = "TINYFORGE_MEMORY_LIMIT_GB"
 COUNTER_MAX = 2**63 - 1  # token and FLOP counters are int64 in numpy/torch
+# fp16 needs dynamic loss scaling on every path, and the chunked loss keeps its logit gradient (values
+# around 1/(tokens x vocab), e.g. 4e-9) in the logits' dtype, where fp16 flushes it to zero. Neither is
+# implemented, so fp16 is refused rather than silently training on zero gradients.
+FP16_REFUSED = ("precision: fp16 is not supported (no loss scaling, and the fused loss's logit gradient "
+                "underflows in fp16); use bf16, or fp32 where the device has no bf16 (auto chooses)")
 
 
 def plan_memory_limit() -> tuple[float, str]:
@@ -152,6 +157,8 @@ class TrainSpec(Strict):
 
     @model_validator(mode="after")
     def _check(self):
+        if self.precision == "fp16":
+            raise ValueError(FP16_REFUSED)
         if self.init.checkpoint and self.init.hf_dir:
             raise ValueError("init: give either checkpoint or hf_dir, not both")
         if self.init.continue_run and not self.init.checkpoint:

@@ -55,6 +55,12 @@ def test_fp16_is_refused_with_the_reason():
     assert str(exc.value) == FP16_REFUSED and "loss scaling" in FP16_REFUSED
 
 
+def test_fp16_is_refused_at_plan_time_naming_the_field():
+    from engine.spec import SpecError, parse
+    with pytest.raises(SpecError, match=r"precision: fp16 is not supported \(no loss scaling"):
+        parse("train", {"precision": "fp16"})
+
+
 def test_fp16_from_a_deepspeed_json_is_refused(tmp_path):
     ds = tmp_path / "ds.json"
     ds.write_text(json.dumps({"fp16": {"enabled": True}}))
