@@ -29,8 +29,9 @@ RUN /opt/venv/bin/pip install -q --no-deps -e .
 
 FROM ${BASE_IMAGE} AS runtime
 # gcc + libc headers: Triton compiles its launcher stubs with the system C compiler at run time (CUDA
+# workers); g++: DeepSpeed JIT-builds C++ ops at first use (its shared-memory all-reduce under ZeRO on CPU
 # workers); util-linux: the worker's process-group tools
-RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev util-linux \
+RUN apt-get update && apt-get install -y --no-install-recommends gcc g++ libc6-dev util-linux \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --user-group --home-dir /var/lib/tinyforge --create-home tinyforge
 COPY --from=build /opt/venv /opt/venv
