@@ -2,7 +2,7 @@
 calls `engine.train.train`'s loop makes (Parallel.forward_backward per micro-batch, then Parallel.step:
 clip + AdamW + zero_grad) on the model, optimizer and operator table a TrainSpec resolves to.
 
-    .venv/bin/python bench/profile_step.py [--set precision=fp32 --set compile=false] [--threads 1]"""
+    .venv/bin/python bench/profile_step.py [--set precision=fp32] [--set compile=true] [--threads 1]"""
 from __future__ import annotations
 
 import argparse
@@ -38,20 +38,18 @@ def main():
     torch.set_num_threads(args.threads)
     fields = dict(model={"preset": SMALL["preset"], "overrides": SMALL["overrides"]}, batch_size=16, micro_batch=8,
                   seq_len=256, backend="cpu")
-    fields.update({k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)})
+    fields.update({"compile": False, **{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}})
     spec = TrainSpec.model_validate(fields)
     backend = resolve(spec.backend, spec.precision, spec.ops)
     cfg = model_config(SMALL["preset"], **SMALL["overrides"])
     torch.manual_seed(0)
     model = GPT(cfg, backend.ops)
     opt = backend.ops.adamw(param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
-    try:  # the same preparation train() applies after building the optimizer, where it has one
-        from engine.train import prepare_step
-        prepare_step(model, opt, spec, backend)
-    except ImportError:
-        if spec.compile:
-            model.compile()
     par = Parallel(model, opt, spec, World(), backend)
+    if spec.compile is True:  # as train() applies it: the training forward, from outside the model
+        from engine import compiling
+        compiling.enable_persistent_cache()
+        par.wrapped = torch.compile(par.wrapped)
     x = torch.randint(0, cfg.vocab_size, (spec.batch_size, spec.seq_len))
     y = torch.roll(x, -1, 1)
 

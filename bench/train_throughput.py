@@ -1,7 +1,7 @@
 """Training throughput: the engine against transformers' LlamaForCausalLM, same config, same machine,
 same precision, same threads, same run. One command, a few minutes on 2 cores:
 
-    .venv/bin/python bench/train_throughput.py [--rows bench,small] [--compile] [--precision auto]
+    .venv/bin/python bench/train_throughput.py [--rows bench,small] [--compile] [--precision auto] [--threads N]
 
 The engine side is `engine.train.train` itself, the function `tinyforge train` runs (data loader,
 optimizer, clipping, logging cadence; evaluation and checkpoints only at the end, outside the timing):
@@ -234,7 +234,11 @@ def main():
     ap.add_argument("--attempts", type=int, default=2)
     ap.add_argument("--no-score", action="store_true", help="skip the scoring measurement")
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--threads", type=int, help="torch intra-op threads for both sides (default: torch's, one per "
+                                                "core); 1 compares fairly on a machine other work keeps busy")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     backend = resolve(args.backend, args.precision)
     native = bf16_native(backend.device.type)
     flags = cpu_flags()
