@@ -15,7 +15,10 @@ from engine.paths import state_home
 
 COMPILE_COST_S = 120.0  # a first (uncached) compile of a small model on a few CPU cores
 EXPECTED_SAVING = 0.2  # fraction of the eager step time compile saves at the demo scale (measured ~0.25)
-EAGER_MFU = 0.08  # fraction of the measured matmul peak an eager step reaches at the demo scale (measured 8.5%)
+# fraction of the measured matmul peak an eager step reaches at the demo scale: measured 17.7% (bench small
+# row, load 0.4) and 8.5% (load ~5) on the 2-core Zen 5; the higher one, so that a run compiles only when
+# the estimate of its length is not inflated by a busy machine
+EAGER_MFU = 0.15
 
 
 def cache_dir():
