@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,25 +144,17 @@ class Ablation:
                           "val_fraction": self.sc.val_fraction},
                     init={"checkpoint": init}, optim={"lr": sc.lr}, steps=steps, batch_size=sc.batch_size,
                     micro_batch=sc.batch_size, seq_len=sc.seq_len, seed=seed, backend=self.spec.backend,
-                    precision=self.spec.precision, log_every=max(steps // 4, 1), eval_every=steps,
+                    precision=self.spec.precision, compile=False,  # measured: ~10% at these sizes, 20 s to compile
+                    log_every=max(steps // 4, 1), eval_every=steps,
                     eval_batches=eval_batches, checkpoint_every=steps, keep_checkpoints=1)
 
-    def train(self, run_dir: Path, config: dict, name: str) -> dict:
-        from engine.train import train
+    def train_job(self, run_dir: Path, config: dict, name: str) -> "Job":
+        return Job("train", run_dir, TrainSpec.model_validate(config).model_dump(mode="json"), name, self.spec.threads)
 
-        spec = TrainSpec.model_validate(config)
-        res = _done(run_dir, "train", spec.model_dump(mode="json"))
-        if res is None:
-            t = time.time()
-            res = train(spec, run_dir, show_progress=False, log=lambda m, *a, **k: self.log(f"  {name}: {m}"))
-            res["summary"]["seconds"] = round(time.time() - t, 1)
-            write_json_atomic(run_dir / "result.json", res)
-        return res["summary"]
-
-    def round2(self, run_dir: Path, arm4: dict, steps: int, seed: int, strategy: str, ctx: dict, name: str) -> dict:
+    def round2_job(self, run_dir: Path, arm4: dict, steps: int, seed: int, strategy: str, ctx: dict,
+                   name: str) -> "Job":
         """Arm 4's checkpoint continued by one round: rate x its batches drawn (hard: p = softmax(loss / T) under
         arm 4's model; uniform: the control), one pass over them as the next epoch of the same run."""
-        from engine.rounds.run import run_rounds
         from engine.rounds.spec import RoundsSpec
 
         cfg = self.train_config(ctx["shapes"]["deep"], ctx["tok"]["compact"], steps, seed,
@@ -169,28 +162,27 @@ class Ablation:
         cfg.update(init={"checkpoint": arm4["checkpoint"]}, steps=None, rounds=1, rate=self.spec.replay_rate,
                    temperature=self.spec.replay_temperature, strategy=strategy, lr_schedule="continue")
         cfg["data"]["probe_batches"] = 0
-        spec = RoundsSpec.model_validate(cfg)
-        res = _done(run_dir, "rounds", spec.model_dump(mode="json"))
-        if res is None:
-            t = time.time()
-            res = run_rounds(spec, run_dir, log=lambda m, *a, **k: self.log(f"  {name}: {m}"))
-            res["summary"]["seconds"] = round(time.time() - t, 1)
-            write_json_atomic(run_dir / "result.json", res)
-        return res["summary"]
+        return Job("rounds", run_dir, RoundsSpec.model_validate(cfg).model_dump(mode="json"), name, self.spec.threads)
 
-    def parent_and_child(self, ctx: dict) -> dict:
-        """The parent (large tokenizer, same corpus; cached across runs by its config), then the deep arm's child
-        cut out of it: layers by inherit_depth, widths by inherit_width, vocabulary rows by the id map."""
+    def parent_job(self, ctx: dict) -> "Job":
+        """The parent: large tokenizer, same corpus; cached across runs by its config."""
+        pcfg = ctx["shapes"]["parent"]
+        config = self.train_config(pcfg, ctx["tok"]["large"], self.spec.parent_steps, 0,
+                                   ctx["data"]["large"]["eval_batches"])
+        job = self.train_job(self.cache / "ablate-parents" / _key(TrainSpec.model_validate(config).model_dump(
+            mode="json")), config, "parent")
+        self.log(f"parent: {count_params(pcfg).total:,} params ({pcfg.n_layer} layers x {pcfg.n_embd}), "
+                 f"{self.spec.parent_steps} steps ({job.run_dir})")
+        return job
+
+    def child(self, ctx: dict, parent: dict) -> dict:
+        """The deep arm's child cut out of the parent: layers by inherit_depth, widths by inherit_width,
+        vocabulary rows by the compact tokenizer's id map."""
         from engine.inherit.run import inherit
         from engine.inherit.spec import InheritSpec
 
         sc, spec, tok, data = self.sc, self.spec, ctx["tok"], ctx["data"]
         pcfg = ctx["shapes"]["parent"]
-        config = self.train_config(pcfg, tok["large"], spec.parent_steps, 0, data["large"]["eval_batches"])
-        pdir = self.cache / "ablate-parents" / _key(TrainSpec.model_validate(config).model_dump(mode="json"))
-        self.log(f"parent: {count_params(pcfg).total:,} params ({pcfg.n_layer} layers x {pcfg.n_embd}), "
-                 f"{spec.parent_steps} steps ({pdir})")
-        parent = self.train(pdir, config, "parent")
         self.log(f"parent: held-out {parent['val_bpb']:.4f} bpb, {parent['flops'] / 1e12:.2f} TFLOP")
         idir = self.out / "inherit"
         res = _done(idir, "inherit")
@@ -214,38 +206,39 @@ class Ablation:
         passes = {"block_influence": 1, "loss_rise": pcfg.n_layer}.get(spec.inherit_depth, 0)
         passes += {"activation": 1, "taylor": 3, "learnable": 3}.get(spec.inherit_width, 0)
         uses_data = spec.inherit_depth in DATA_DEPTH or spec.inherit_width in DATA_WIDTH
-        return {"parent": {**parent, "dir": str(pdir), "params": count_params(pcfg).total,
-                           "config": shape_dict(pcfg)},
+        return {"parent": {**parent, "dir": str(Path(parent["checkpoint"]).parents[1]),
+                           "params": count_params(pcfg).total, "config": shape_dict(pcfg)},
                 "child_checkpoint": s["checkpoint"], "layers": s["layers"],
                 "inherit_flops": flops_per_token(pcfg, sc.seq_len) / 3 * tokens * passes if uses_data else 0.0,
                 "child_step0_bpb": s.get("inherited_bpb"), "random_init_step0_bpb": s.get("random_init_bpb")}
 
-    def run_arm(self, arm: Arm, budget: float, seed: int, ctx: dict, done: dict) -> dict:
+    def arm_job(self, arm: Arm, budget: float, seed: int, ctx: dict, arm4: dict | None = None) -> "Job":
         """One arm at one budget and seed. Arms 1-4 train budget x budget_steps; arm 5 and the control continue
-        arm 4's run of the same budget and seed (`done`) for one pass over the drawn batches."""
-        data, shape = ctx["data"][arm.tokenizer], ctx["shapes"][arm.shape]
+        arm 4's run of the same budget and seed (`arm4`, its summary) for one pass over the drawn batches."""
         steps = max(1, round(budget * self.spec.budget_steps))
         run_dir = self.out / "runs" / f"budget{budget:g}" / f"seed{seed}" / arm.key
-        name = f"{arm.key} budget {budget:g} seed {seed}"
-        train_seed = 1000 + seed
-        t = time.time()
+        name, train_seed = f"{arm.key} budget {budget:g} seed {seed}", 1000 + seed
+        if arm.round2:
+            return self.round2_job(run_dir, arm4, steps, train_seed, arm.round2, ctx, name)
+        init = ctx["inherit"]["child_checkpoint"] if arm.inherit else None
+        data = ctx["data"][arm.tokenizer]
+        return self.train_job(run_dir, self.train_config(ctx["shapes"][arm.shape], ctx["tok"][arm.tokenizer], steps,
+                                                         train_seed, data["eval_batches"], init), name)
+
+    def arm_row(self, arm: Arm, budget: float, seed: int, s: dict, ctx: dict, arm4: dict | None = None) -> dict:
+        """The table's numbers of one finished arm run (`s`, its summary)."""
+        data, shape = ctx["data"][arm.tokenizer], ctx["shapes"][arm.shape]
         if arm.round2 is None:
-            init = ctx["inherit"]["child_checkpoint"] if arm.inherit else None
-            s = self.train(run_dir, self.train_config(shape, ctx["tok"][arm.tokenizer], steps, train_seed,
-                                                      data["eval_batches"], init), name)
             row = {"steps": s["steps"], "tokens": s["tokens"], "flops": s["flops"], "extra_flops": 0.0}
         else:
-            arm4 = done["arm4"]
-            s = self.round2(run_dir, arm4, steps, train_seed, arm.round2, ctx, name)
             r = s["rounds"][-1]
             row = {"steps": r["steps"], "tokens": r["tokens"], "flops": s["flops"],
                    "extra_flops": s.get("scoring_flops") or 0.0, "after_arm4_steps": arm4["steps"],
                    "total_tokens": arm4["tokens"] + r["tokens"],
                    "selection": {k: (r.get("selection") or {}).get(k) for k in
                                  ("mean_score_pool", "mean_score_selected", "ess_fraction")}}
-        row.update(val_loss=s["val_loss"], val_bpb=s["val_bpb"], checkpoint=s["checkpoint"], seed=seed,
-                   budget=budget, bytes=row["tokens"] * data["train_bytes_per_token"],
-                   seconds=round(time.time() - t, 1))
+        row.update(arm=arm.key, val_loss=s["val_loss"], val_bpb=s["val_bpb"], checkpoint=s["checkpoint"], seed=seed,
+                   budget=budget, bytes=row["tokens"] * data["train_bytes_per_token"], seconds=s.get("seconds"))
         row["tokens_per_param"] = row.get("total_tokens", row["tokens"]) / count_params(shape).total
         row["epochs"] = row.get("total_tokens", row["tokens"]) / data["train_tokens"]
         return row
@@ -269,6 +262,48 @@ class Ablation:
                                "difference": bpb - row["val_bpb"]})
         return checks
 
+    # --- the schedule -----------------------------------------------------------------------------
+    def schedule(self, ctx: dict) -> list[dict]:
+        """Every run of the study on `workers` processes, each as soon as what it needs is there: the parent
+        and arms 1-3 at once, arm 4 after the inherited child, arm 5 and the control after their arm 4.
+        Finished runs (result.json) are read back instead of run."""
+        spec = self.spec
+        pairs = [(b, seed) for b in sorted(spec.budgets, reverse=True)
+                 for seed in range(spec.seeds if b == 1.0 else spec.curve_seeds)]
+        n_runs, rows, arm4 = len(pairs) * len(ARMS), [], {}
+        pending = [("parent", None, None)] + [(arm, b, seed) for b, seed in pairs for arm in ARMS]
+        t0, done_runs = time.time(), 0
+        with JobPool(spec.workers) as pool:
+            while pending or pool.busy:
+                for item in list(pending):
+                    arm, budget, seed = item
+                    if arm == "parent":
+                        job = self.parent_job(ctx)
+                    elif arm.inherit and "inherit" not in ctx or arm.round2 and (budget, seed) not in arm4:
+                        continue
+                    else:
+                        job = self.arm_job(arm, budget, seed, ctx, arm4.get((budget, seed)))
+                    if not pool.submit(job, item):
+                        break
+                    pending.remove(item)
+                for (arm, budget, seed), summary in pool.wait_one():
+                    if arm == "parent":
+                        ctx["inherit"] = self.child(ctx, summary)
+                        continue
+                    row = self.arm_row(arm, budget, seed, summary, ctx, arm4.get((budget, seed)))
+                    if arm.key == "arm4":
+                        arm4[(budget, seed)] = summary
+                    rows.append(row)
+                    done_runs += 1
+                    elapsed = time.time() - t0
+                    eta = elapsed / done_runs * (n_runs - done_runs)
+                    self.record.progress(done_runs, n_runs, eta, f"budget {budget:g} seed {seed} {arm.key}")
+                    self.log(f"[{done_runs}/{n_runs}] {arm.label}, budget {budget:g}, seed {seed}: held-out "
+                             f"{row['val_bpb']:.4f} bpb, {row['tokens']:,} tokens, {row['tokens_per_param']:.2f} "
+                             f"tokens/param ({row['seconds'] or 0:.0f}s; eta {eta / 60:.1f} min, load "
+                             f"{os.getloadavg()[0]:.1f})")
+        return rows
+
     # --- the whole study --------------------------------------------------------------------------
     def run(self) -> dict:
         spec, sc, log = self.spec, self.sc, self.log
@@ -291,27 +326,11 @@ class Ablation:
             log(f"{a.label}: {c.n_layer} layers x {c.n_embd} (ffn {c.ffn_hidden}), {p.total:,} params "
                 f"({diffs[a.shape]:+.2%} vs arm 1; embedding {p.embedding_share:.0%}), "
                 f"{flops_per_token(c, sc.seq_len) / 1e6:.2f} MFLOP/token")
-        ctx["inherit"] = self.parent_and_child(ctx)
-
-        jobs = [(b, seed) for b in spec.budgets for seed in range(spec.seeds if b == 1.0 else spec.curve_seeds)]
-        n_runs, i, t_runs = len(jobs) * len(ARMS), 0, time.time()
-        rows: list[dict] = []
-        for budget, seed in jobs:
-            done: dict[str, dict] = {}
-            for arm in ARMS:
-                elapsed = time.time() - t_runs
-                eta = elapsed / i * (n_runs - i) if i else None
-                self.record.progress(i, n_runs, eta, f"budget {budget:g} seed {seed} {arm.key}")
-                log(f"[{i + 1}/{n_runs}] {arm.label}, budget {budget:g}, seed {seed}"
-                    + (f" (eta {eta / 60:.1f} min)" if eta else "") + f" (load {os.getloadavg()[0]:.1f})")
-                row = {"arm": arm.key, **self.run_arm(arm, budget, seed, ctx, done)}
-                done[arm.key] = row
-                rows.append(row)
-                i += 1
-                log(f"[{i}/{n_runs}] {arm.key}: held-out {row['val_bpb']:.4f} bpb, {row['tokens']:,} tokens, "
-                    f"{row['tokens_per_param']:.2f} tokens/param, {row['seconds']:.0f}s")
+        rows = self.schedule(ctx)
+        n_runs = len(rows)
         self.record.progress(n_runs, n_runs, 0, "export")
         checks = self.export([r for r in rows if r["budget"] == 1.0], ctx) if spec.export else []
+        rows.sort(key=lambda r: (r["budget"], r["seed"], [a.key for a in ARMS].index(r["arm"])))
         study = report.build(spec, ctx, rows, diffs, checks, seconds=round(time.time() - self.t0, 1))
         paths = report.write(study, self.out)
         log(study["verdict"][0])
@@ -328,6 +347,82 @@ class Ablation:
         return self.record.result("ablate", summary, artifacts, list(spec.sources))
 
 
+@dataclass(frozen=True)
+class Job:
+    """One engine run of the study: a train or rounds config and the directory it records into."""
+    kind: str  # train | rounds
+    run_dir: Path
+    config: dict  # validated and dumped
+    name: str
+    threads: int
+
+
+def run_job(job: Job) -> dict:
+    """Run `job` (in a worker process, or inline) unless it finished before; its summary, with its wall time."""
+    done = _done(job.run_dir, job.kind, job.config)
+    if done is not None:
+        return done["summary"]
+    torch.set_num_threads(job.threads)
+    log = lambda m, *a, **k: print(f"  {job.name}: {m}", file=sys.stderr, flush=True)  # noqa: E731
+    t = time.time()
+    if job.kind == "train":
+        from engine.train import train
+        res = train(TrainSpec.model_validate(job.config), job.run_dir, show_progress=False, log=log)
+    else:
+        from engine.rounds.run import run_rounds
+        from engine.rounds.spec import RoundsSpec
+        res = run_rounds(RoundsSpec.model_validate(job.config), job.run_dir, log=log)
+    res["summary"]["seconds"] = round(time.time() - t, 1)
+    write_json_atomic(job.run_dir / "result.json", res)
+    return res["summary"]
+
+
+class JobPool:
+    """`workers` processes (spawned: no forked torch state), each running one job at a time with its own
+    threads; with one worker the jobs run inline, in order. Independent runs on separate cores beat one run
+    on two threads at these sizes (small matrices do not parallelise well)."""
+
+    def __init__(self, workers: int):
+        self.workers, self.futures = workers, {}
+        self.inline: list = []
+        self.ex = None
+        if workers > 1:
+            from concurrent.futures import ProcessPoolExecutor
+            from multiprocessing import get_context
+            self.ex = ProcessPoolExecutor(workers, mp_context=get_context("spawn"))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.ex:
+            self.ex.shutdown(cancel_futures=True)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.futures or self.inline)
+
+    def submit(self, job: Job, tag) -> bool:
+        """Start `job` if a worker is free (False: none is)."""
+        if self.ex is None:
+            if self.inline:
+                return False
+            self.inline.append((tag, job))
+            return True
+        if len(self.futures) >= self.workers:
+            return False
+        self.futures[self.ex.submit(run_job, job)] = tag
+        return True
+
+    def wait_one(self) -> list[tuple]:
+        """(tag, summary) of the jobs that finished, waiting for at least one."""
+        if self.ex is None:
+            return [(tag, run_job(job)) for tag, job in [self.inline.pop()]] if self.inline else []
+        from concurrent.futures import FIRST_COMPLETED, wait
+        finished, _ = wait(self.futures, return_when=FIRST_COMPLETED)
+        return [(self.futures.pop(f), f.result()) for f in finished]
+
+
 @torch.no_grad()
 def transformers_bpb(hf_dir: Path, data_dir: str, seq_len: int, batch: int) -> float:
     """Held-out bits-per-byte of a Hugging Face export computed by transformers' Llama over every held-out
@@ -335,7 +430,7 @@ def transformers_bpb(hf_dir: Path, data_dir: str, seq_len: int, batch: int) -> f
     import numpy as np
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     val = TokenData.open(Path(data_dir), "val", seq_len)
     token_bytes = np.load(Path(data_dir) / "token_bytes.npy")
     nats, n_bytes = 0.0, 0

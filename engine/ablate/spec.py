@@ -33,18 +33,21 @@ class Scale:
     seeds: int  # seeds at the full budget
     curve_seeds: int  # seeds at the smaller budgets
     lr: float
-    threads: int
+    threads: int  # torch threads of each run
+    workers: int  # runs at once (processes)
 
 
 SCALES: dict[str, Scale] = {
     # tests: about a minute on the 2-core machine
     "smoke": Scale(str(BUNDLED_CORPUS), 2048, base_layers=2, base_width=64, head_dim=16, deep_layers=4,
                    parent_layers=4, parent_width=128, batch_size=8, seq_len=64, val_fraction=0.05, budget_steps=24,
-                   parent_steps=30, budgets=(0.5, 1.0), seeds=1, curve_seeds=1, lr=3e-3, threads=1),
+                   parent_steps=30, budgets=(0.5, 1.0), seeds=1, curve_seeds=1, lr=3e-3, threads=1,
+                   workers=1),
     # the committed result (docs/ablation/): at most 45 minutes on an idle 2-core machine
-    "default": Scale(str(FULL_CORPUS), 4096, base_layers=5, base_width=96, head_dim=32, deep_layers=12,
-                     parent_layers=12, parent_width=128, batch_size=16, seq_len=256, val_fraction=0.02,
-                     budget_steps=500, parent_steps=800, budgets=(0.25, 0.5, 1.0), seeds=3, curve_seeds=2, lr=3e-3, threads=2),
+    "default": Scale(str(FULL_CORPUS), 2048, base_layers=4, base_width=64, head_dim=16, deep_layers=10,
+                     parent_layers=10, parent_width=96, batch_size=8, seq_len=128, val_fraction=0.02,
+                     budget_steps=3000, parent_steps=3000, budgets=(0.25, 0.5, 1.0), seeds=3, curve_seeds=1,
+                     lr=6e-3, threads=1, workers=2),
 }
 
 
@@ -65,7 +68,8 @@ class AblateSpec(Strict):
     inherit_width: WidthMetric = Field("activation", description="which heads/neurons/channels it keeps")
     replay_rate: float = Field(0.5, gt=0, le=1, description="arm 5: share of arm 4's batches drawn for round 2")
     replay_temperature: float = Field(1.0, gt=0, description="arm 5: T of softmax(loss / T)")
-    threads: PositiveInt | None = Field(None, description="torch threads")
+    threads: PositiveInt | None = Field(None, description="torch threads of each run")
+    workers: PositiveInt | None = Field(None, description="runs at once, each in its own process")
     backend: Literal["auto", "cpu", "cuda", "npu"] = "cpu"
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "fp32"
     export: bool = Field(True, description="export every arm's final model (full budget) as a Hugging Face directory")
@@ -75,7 +79,7 @@ class AblateSpec(Strict):
     @model_validator(mode="after")
     def _check(self):
         s = SCALES[self.scale]
-        for name in ("seeds", "curve_seeds", "budget_steps", "parent_steps", "threads"):
+        for name in ("seeds", "curve_seeds", "budget_steps", "parent_steps", "threads", "workers"):
             if getattr(self, name) is None:
                 setattr(self, name, getattr(s, name))
         if self.sources is None:
