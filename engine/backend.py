@@ -18,7 +18,9 @@ from engine.spec import FP16_REFUSED
 log = logging.getLogger(__name__)
 
 DEFAULT_IMPLEMENTATIONS = {
-    "cpu": {op: "torch" for op in OP_NAMES},
+    # chunked loss: never the full [tokens, vocab] logits; measured 5-8% faster a step at vocab 8,000 and even at
+    # 2,048 (bench/train_throughput.py's rows, bf16, 1 thread, docs/train-speed.md)
+    "cpu": {**{op: "torch" for op in OP_NAMES}, "linear_cross_entropy": "chunked"},
     "cuda": {"rms_norm": "triton", "rotary": "triton", "swiglu": "triton", "attention": "triton",
              "linear_cross_entropy": "triton", "adamw": "triton"},
     "npu": {op: "npu" for op in OP_NAMES},

@@ -82,7 +82,8 @@ def test_job_config_switches_one_operator_back_and_the_run_records_it(tmp_path, 
     """A job on the Triton table with rms_norm switched back to torch from its config; the
     run's metadata names every operator's implementation, and the losses match an all-reference run."""
     runs = {}
-    for name, ops in (("mixed", {**{op: "triton" for op in OP_NAMES}, "rms_norm": "torch"}), ("reference", {})):
+    reference = {op: "torch" for op in OP_NAMES}  # explicit: the CPU default loss is the chunked one
+    for name, ops in (("mixed", {**{op: "triton" for op in OP_NAMES}, "rms_norm": "torch"}), ("reference", reference)):
         spec = micro_spec(backend="cpu", precision="fp32", ops=ops, steps=2, batch_size=4, micro_batch=4,
                           seq_len=32, log_every=1, eval_every=2, eval_batches=1, checkpoint_every=2)
         out = tmp_path / name
