@@ -15,10 +15,18 @@ from engine.paths import state_home
 
 COMPILE_COST_S = 120.0  # a first (uncached) compile of a small model on a few CPU cores
 EXPECTED_SAVING = 0.2  # fraction of the eager step time compile saves at the demo scale (measured ~0.25)
-# fraction of the measured matmul peak an eager step reaches at the demo scale: measured 17.7% (bench small
-# row, load 0.4) and 8.5% (load ~5) on the 2-core Zen 5; the higher one, so that a run compiles only when
-# the estimate of its length is not inflated by a busy machine
-EAGER_MFU = 0.15
+# Eager training throughput assumed for the estimate. On a CPU a fixed rate per core, not the matmul peak
+# measured at start: measured under load that peak fell 30x here (33 against 924 GFLOP/s in bf16) and would
+# have made every short run look long; the demo's parent (1.65e13 FLOPs in 204 s on 2 cores, fp32) gives
+# about 40 GFLOP/s a core. On an accelerator a fraction of its peak (a vendor figure where known).
+CPU_EAGER_FLOPS_PER_CORE = 40e9
+EAGER_MFU = 0.15  # measured 17.7% of the bf16 matmul peak at the small scale on a quiet CPU
+
+
+def eager_rate(device_type: str, peak_flops: float) -> float:
+    if device_type == "cpu":
+        return CPU_EAGER_FLOPS_PER_CORE * len(os.sched_getaffinity(0))
+    return max(peak_flops * EAGER_MFU, 1.0)
 
 
 def cache_dir():
@@ -36,7 +44,7 @@ def decide(setting, *, steps: int, tokens_per_step: int, flops_per_token: float,
            device_type: str, strategy: str, resumed: bool | None = None) -> tuple[bool, str, float]:
     """(compile?, why, estimated eager run seconds). `resumed`: the decision a checkpoint of this run
     recorded, which a resume keeps (compiled and eager steps differ in the last bits)."""
-    est = steps * tokens_per_step * flops_per_token / max(peak_flops * EAGER_MFU, 1.0)
+    est = steps * tokens_per_step * flops_per_token / eager_rate(device_type, peak_flops)
     if resumed is not None:
         return resumed, f"as decided when this run started ({'compiled' if resumed else 'eager'})", est
     if setting is True or setting is False:

@@ -11,7 +11,7 @@ RUN = dict(tokens_per_step=4096, flops_per_token=1e7, peak_flops=1e12, device_ty
 
 
 def eager_seconds(steps: int) -> float:
-    return steps * RUN["tokens_per_step"] * RUN["flops_per_token"] / (RUN["peak_flops"] * compiling.EAGER_MFU)
+    return steps * RUN["tokens_per_step"] * RUN["flops_per_token"] / compiling.eager_rate("cpu", RUN["peak_flops"])
 
 
 def test_default_is_auto_and_booleans_still_parse():
@@ -36,6 +36,11 @@ def test_explicit_setting_resume_and_zero():
     assert compiling.decide("auto", steps=10**9, **{**RUN, "strategy": "zero2"})[0] is False
     on, why, _ = compiling.decide("auto", steps=1, resumed=True, **RUN)  # a resume keeps the run's decision
     assert on and "as decided when this run started" in why
+
+
+def test_cpu_estimate_ignores_a_peak_measured_under_load():
+    quiet = compiling.decide("auto", steps=1000, **RUN)[2]
+    assert compiling.decide("auto", steps=1000, **{**RUN, "peak_flops": RUN["peak_flops"] / 30})[2] == quiet
 
 
 def test_no_compiler_means_eager(monkeypatch):
