@@ -134,9 +134,13 @@ def hf_tokens_per_s(row: dict, cfg, backend, data: TokenData, compile_: bool) ->
         opt.zero_grad(set_to_none=True)
         return loss.item()
 
+    last = time.perf_counter()
     for i in range(2):
         step(i)
-    t, last = time.perf_counter(), time.perf_counter()
+        if time.perf_counter() - last > 20:
+            say(f"  transformers warm-up step {i + 1}/2")
+            last = time.perf_counter()
+    t = time.perf_counter()
     for i in range(row["steps"]):
         step(2 + i)
         if time.perf_counter() - last > 20:
@@ -235,8 +239,13 @@ def main():
     ap.add_argument("--no-score", action="store_true", help="skip the scoring measurement")
     ap.add_argument("--json", help="also write the figures here")
     ap.add_argument("--threads", type=int, help="torch intra-op threads for both sides (default: torch's, one per "
-                                                "core); 1 compares fairly on a machine other work keeps busy")
+                                                "core; 1 when the load average is above the cores less 0.5)")
     args = ap.parse_args()
+    cores = len(os.sched_getaffinity(0))
+    if not args.threads and os.getloadavg()[0] > cores - 0.5:
+        args.threads = 1  # threads that wait on each other on a busy machine measure the neighbours, not the code
+        say(f"load average {os.getloadavg()[0]:.2f} on {cores} cores: the machine is busy, using 1 thread "
+            "(--threads N to choose)")
     if args.threads:
         torch.set_num_threads(args.threads)
     backend = resolve(args.backend, args.precision)
