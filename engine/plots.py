@@ -9,6 +9,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def save(fig, path: Path) -> Path:
+    """Lay out, write as PNG and release the figure (figures left open accumulate across a long run)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def loss_curve(metrics: list[dict], path: Path, title: str = "loss") -> Path:
     last = {}
     for row in metrics:  # a resumed run may repeat steps after its last checkpoint: keep the last row
@@ -23,7 +31,4 @@ def loss_curve(metrics: list[dict], path: Path, title: str = "loss") -> Path:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)

@@ -155,9 +155,7 @@ def guards(study: dict) -> str:
 
 
 def plot(study: dict, path: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from engine.plots import plt, save  # matplotlib: loaded only when a plot is drawn
 
     arms = study["arms"]
     fig, ax = plt.subplots(figsize=(10, 4.8))
@@ -184,16 +182,11 @@ def plot(study: dict, path: Path) -> Path:
                  f"tokens, {arms[0]['full']['seeds']} seeds; bars: mean, whiskers: min-max)", fontsize=9)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def plot_curve(study: dict, path: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from engine.plots import plt, save  # matplotlib: loaded only when a plot is drawn
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for a in study["arms"]:
@@ -212,10 +205,7 @@ def plot_curve(study: dict, path: Path) -> Path:
     ax.set_title("Budget curve: every arm at each budget (mean, whiskers min-max over seeds)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def markdown(study: dict) -> str:

@@ -73,9 +73,7 @@ def markdown(r: dict) -> str:
 
 
 def plot(r: dict, path: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from engine.plots import plt, save  # matplotlib: loaded only when a plot is drawn
     import numpy as np
 
     d, layers = r["depth"], r["width"]["layers"]
@@ -100,10 +98,7 @@ def plot(r: dict, path: Path) -> Path:
     axes[1].set_ylabel("parent layer")
     axes[1].set_title(f"head scores ({r['width']['metric']}; red = kept)")
     fig.colorbar(im, ax=axes[1])
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def write(r: dict, out_dir: Path) -> dict[str, Path]:

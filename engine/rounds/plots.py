@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.plots import plt
+from engine.plots import plt, save
 
 
 def score_histogram(scores: np.ndarray, chosen: np.ndarray, path: Path, title: str) -> Path:
@@ -20,10 +20,7 @@ def score_histogram(scores: np.ndarray, chosen: np.ndarray, path: Path, title: s
     ax.set_ylabel("items")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def forgetting_curve(rows: list[dict], boundaries: list[tuple[int, int]], path: Path, title: str) -> Path:
@@ -46,7 +43,4 @@ def forgetting_curve(rows: list[dict], boundaries: list[tuple[int, int]], path: 
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)

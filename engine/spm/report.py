@@ -101,7 +101,7 @@ def markdown(r: dict) -> str:
 
 
 def plot(r: dict, path: Path) -> Path:
-    from engine.plots import plt
+    from engine.plots import plt, save
 
     rows = r["rows"]
     x = [row["vocab"] for row in rows]
@@ -116,7 +116,4 @@ def plot(r: dict, path: Path) -> Path:
     for ax in axes[1]:
         ax.set_xlabel("vocabulary size")
     fig.suptitle(f"compacting {Path(r['model']).name} ({r['original_vocab']:,} pieces)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
