@@ -2,9 +2,12 @@
 
 Round 1 trains on the first part of an epoch (the rest stays unseen). Then, from round 1's weights
 and for the same number of steps (= tokens), a second round with
-  hard       hard-sample replay: rate 0.5 of round 1's batches drawn by softmax(loss / T), T = 1
+  hard       hard-sample replay: rate 0.5 of round 1's batches drawn by softmax(loss / T), T = 1, trained as
+             the next epoch of round 1's run (the paper; the default lr_schedule: continue): AdamW moments
+             carried, the learning-rate schedule goes on (round 1's had ended: its floor)
   hard/seq   the same, scored and drawn per sequence instead of per batch
-  hard/continue  the same draw as hard, trained at round 1's last learning rate instead of a re-warm
+  hard/rewarm    the same draw as hard, with its own warmup + cosine from optim.lr and fresh moments
+  hard/constant  the same draw as hard, at round 1's last learning rate with fresh moments
   uniform    uniform resampling of round 1's batches at the same rate (the control); uniform' is
              the same with another draw: the spread between the two is the noise of one draw
   fresh      continuing on batches no round has seen (the other control)
@@ -49,6 +52,7 @@ COMMON = dict(model={"preset": "tiny"}, data={"sources": [SAMPLE], "probe_batche
               micro_batch=MICRO, precision="fp32", backend="cpu", log_every=20, eval_every=20,
               eval_batches=16, keep_checkpoints=1)  # 16 x 16 windows cover the whole validation split
 VARIANTS = {"hard": dict(strategy="hard"), "hard/seq": dict(strategy="hard", granularity="sequence"),
+            "hard/rewarm": dict(strategy="hard", lr_schedule="rewarm"),
             "hard/constant": dict(strategy="hard", lr_schedule="constant"),
             "uniform": dict(strategy="uniform"), "uniform'": dict(strategy="uniform", sample_seed=2),
             "fresh": dict(strategy="fresh")}
