@@ -14,7 +14,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # the bundled sample corpus (data/sample next to the packages) is a data root by default
-SAMPLE_CORPUS = Path(__file__).resolve().parents[1] / "data" / "sample"
+BUNDLED_DATA = Path(__file__).resolve().parents[1] / "data"  # the shipped corpora: data/sample and data/corpus
 ENV_PREFIX = "TINYFORGE_"
 WHSEC = "whsec_"  # Standard Webhooks' prefix of a base64 secret
 
@@ -82,7 +82,7 @@ class Settings(BaseSettings):
 
     @functools.cached_property
     def roots(self) -> tuple[Path, ...]:
-        roots = self.data_roots or (self.home, SAMPLE_CORPUS)
+        roots = self.data_roots or (self.home, BUNDLED_DATA)
         return tuple(Path(r).expanduser().resolve() for r in roots)
 
     @property
