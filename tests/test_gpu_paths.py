@@ -234,8 +234,12 @@ def test_deepspeed_accepts_offload_with_our_client_optimizer_at_initialize(tmp_p
     ds = tmp_path / "ds.json"
     ds.write_text(json.dumps({"zero_optimization": {"offload_optimizer": {"device": "cpu"}}}))
     cfg = deepspeed_config(zero_spec("zero2", ds), 1, "cuda")
-    for key in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(key, raising=False)  # monkeypatch restores what init sets, too
+    # set (not deleted) through monkeypatch, so that they are removed again after the test: a key init set by
+    # itself would stay in this process and reach every later subprocess (lm-eval's accelerate then tried to
+    # join a process group on the long-gone port)
+    for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(distributed._free_port())), ("RANK", "0"),
+                       ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(key, value)
     distributed.init(distributed.World(), "gloo", single_process_group=True)
     model = GPT(ModelConfig(vocab_size=64, n_layer=1, n_embd=32, n_head=2, n_kv_head=1, ffn_hidden=48,
                             block_size=16))

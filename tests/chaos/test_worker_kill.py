@@ -19,7 +19,7 @@ import torch
 from chaos_fixtures import PY, REPO, SAMPLE, ChaosService, consistency_problems, processes_in
 
 KILLS = 11
-STEPS = 80
+STEPS = 160  # enough for every kill to land mid-run however fast the engine steps (80 ran out)
 ORPHAN_DEADLINE_S = 15  # the SIGTERM checkpoint and exit: about 3 s at most measured on a loaded 2-core box
 ORPHAN_STEPS = 3  # steps a killed worker's engine may still take: it finishes the one it is in, saves, exits
 # one CPU thread for the service's engine and the reference run alike: both compute the same sums
