@@ -121,7 +121,9 @@ class PlanOut(BaseModel):
     stages: list[PlannedStageOut]
     resources: dict[str, Any]
     schedulable: bool
-    reason: str | None = None
+    reason: str | None = Field(None, description="why a running worker cannot take it (absent when one can)")
+    reason_code: Literal["no_worker", "no_launcher", "no_device", "idle", "busy"] = Field(
+        description="the reason as a code (service/services/scheduling.py WAIT_CODES); idle and busy are schedulable")
 
 
 class EventOut(BaseModel):

@@ -80,7 +80,7 @@ def refresh_pending_reasons(db: Database, worker_timeout_s: float, limit: int = 
                                 .limit(limit)).all())
     changes = []
     for ahead, (job_id, backend, dpn, launcher, old) in enumerate(queued):
-        reason = wait_reason(backend, dpn, launcher, workers, ahead)
+        reason = wait_reason(backend, dpn, launcher, workers, ahead).text
         if old and old.startswith("restart "):  # keep saying why it is queued again
             reason = f"{old.split('; now: ')[0]}; now: {reason}"
         if reason != old:

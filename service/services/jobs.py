@@ -33,13 +33,12 @@ def plan(settings: Settings, workers: WorkerSnapshot, data) -> dict:
     """Validate and expand without storing anything; say whether a running worker fits."""
     p = _plan(settings, data)
     r = p.spec.resources
-    live = workers.get()
-    reason = wait_reason(r.backend, r.devices_per_node, r.launcher, live)
-    runnable = bool(live) and not reason.startswith(("no worker", "asks for"))
+    reason = wait_reason(r.backend, r.devices_per_node, r.launcher, workers.get())
     return {"name": p.spec.name, "stages": [{"name": st.name, "kind": st.kind, "command": specs.STAGE_COMMANDS.get(
         st.kind, st.kind), "config": st.config, "references": st.references, "validated_by": st.validated_by}
         for st in p.stages],
-        "resources": r.model_dump(mode="json"), "schedulable": runnable, "reason": None if runnable else reason}
+        "resources": r.model_dump(mode="json"), "schedulable": reason.schedulable,
+        "reason": None if reason.schedulable else reason.text, "reason_code": reason.code}
 
 
 _IDEM = IdempotencyKey.__table__.c
@@ -79,7 +78,7 @@ def submit(db: Database, settings: Settings, workers: WorkerSnapshot, data, idem
                nodes=r.nodes, launcher=r.launcher, max_restarts=r.max_restarts, restarts=0,
                time_limit_s=r.time_limit, queue_time_limit_s=r.queue_time_limit,
                webhook_url=p.spec.webhook.url if p.spec.webhook else None, pending_reason=wait_reason(
-                   r.backend, r.devices_per_node, r.launcher, workers.get()), failure_class=None,
+                   r.backend, r.devices_per_node, r.launcher, workers.get()).text, failure_class=None,
                failure_reason=None, cancel_requested=False, token_id=token_id, created_at=now, queued_at=now,
                started_at=None, finished_at=None, updated_at=now)
     run_root = Path(settings.runs_dir) / job_id

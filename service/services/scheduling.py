@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from sqlalchemy import and_, false, or_, select
 
@@ -54,26 +55,45 @@ def fit_clause(devices: dict, launchers) -> object:
     return or_(*clauses) if clauses else false()
 
 
+class WaitReason(NamedTuple):
+    """Why a queued job is not running: `code` for code to decide on, `text` for people."""
+    code: str  # one of WAIT_CODES
+    text: str
+
+    @property
+    def schedulable(self) -> bool:
+        """A running worker can take the job (now, or once it is free)."""
+        return self.code in ("idle", "busy")
+
+
+# no_worker: none running; no_launcher: none offers the job's launcher; no_device: none has enough devices;
+# idle: an idle fitting worker will claim it; busy: every fitting worker is busy
+WAIT_CODES = ("no_worker", "no_launcher", "no_device", "idle", "busy")
+
+
 def wait_reason(backend: str, devices_per_node: int, launcher: str, workers: list[WorkerInfo],
-                ahead: int | None = None) -> str:
-    """Why a job with these requirements is not running yet (never empty)."""
+                ahead: int | None = None) -> WaitReason:
+    """Why a job with these requirements is not running yet (the text is never empty)."""
     if not workers:
-        return "no worker is running: start `tinyforge worker` (or `tinyforge serve`, which embeds one)"
+        return WaitReason("no_worker", "no worker is running: start `tinyforge worker` (or `tinyforge serve`, "
+                                       "which embeds one)")
     if not any(launcher in w.launchers for w in workers):
         offered = sorted({name for w in workers for name in w.launchers})
-        return f"asks for launcher {launcher}; running workers offer only: {', '.join(offered)}"
+        return WaitReason("no_launcher", f"asks for launcher {launcher}; running workers offer only: "
+                                         f"{', '.join(offered)}")
     fitting = [w for w in workers if fits(backend, devices_per_node, launcher, w)]
     if not fitting:
         kinds = DEVICE_KINDS if backend == "auto" else (backend,)
         best = max((int(w.devices.get(k, 0)), k) for w in workers for k in kinds)
         what = "devices" if backend == "auto" else f"{backend} devices"
         has = f"{best[0]} {best[1]}" if best[0] else f"no {' or '.join(kinds)}"
-        return f"asks for {devices_per_node} {what} per node; the largest running worker has {has}"
+        return WaitReason("no_device", f"asks for {devices_per_node} {what} per node; the largest running worker "
+                                       f"has {has}")
     idle = [w for w in fitting if not w.busy]
     queue = f"; {ahead} job(s) ahead in the queue" if ahead else ""
     if idle:
-        return f"waiting to be claimed by one of {len(idle)} idle fitting worker(s){queue}"
-    return f"waiting for a free worker: all {len(fitting)} fitting worker(s) are busy{queue}"
+        return WaitReason("idle", f"waiting to be claimed by one of {len(idle)} idle fitting worker(s){queue}")
+    return WaitReason("busy", f"waiting for a free worker: all {len(fitting)} fitting worker(s) are busy{queue}")
 
 
 class WorkerSnapshot:

@@ -148,6 +148,7 @@ def test_plan_validates_without_storing(api):
     assert plan["stages"][1]["references"] == ["stages.train.run_dir"]
     assert plan["stages"][0]["config"]["step_time"] == 0.02  # validated and normalised with defaults
     assert plan["schedulable"] is False and "no worker is running" in plan["reason"]
+    assert plan["reason_code"] == "no_worker"
     assert api.http.post("/v1/jobs:plan", json={"name": "p", "stages": [{"kind": "nope"}]}).status_code == 422
     assert count_jobs(api) == before
 
