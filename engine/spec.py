@@ -5,13 +5,13 @@ is registered in STAGE_SPECS by import path so that the service can validate wit
 heavy modules."""
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from pathlib import Path
 from typing import Literal
 
 import yaml
+from engine import stages
 from engine.paths import BUNDLED_CORPUS
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -233,15 +233,7 @@ class TrainSpec(Strict):
                               "or seq_len")
 
 
-STAGE_SPECS: dict[str, str] = {
-    "train": "engine.spec:TrainSpec",
-    "tokenizer": "engine.spm.spec:TokenizerStageSpec",
-    "inherit": "engine.inherit.spec:InheritSpec",
-    "rounds": "engine.rounds.spec:RoundsSpec",
-    "eval": "engine.spec:EvalSpec",
-    "export": "engine.spec:ExportSpec",
-    "ablate": "engine.ablate.spec:AblateSpec",
-}
+STAGE_SPECS = stages.STAGE_SPECS  # kind -> "module:Class", from the one registry (engine/stages.py)
 
 
 class EvalSpec(Strict):
@@ -271,10 +263,9 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
 
 
 def stage_spec_class(kind: str):
-    if kind not in STAGE_SPECS:
-        raise SpecError(f"kind: unknown stage kind {kind!r}; known: {', '.join(STAGE_SPECS)}")
-    module, attr = STAGE_SPECS[kind].split(":")
-    return getattr(importlib.import_module(module), attr)
+    if kind not in stages.STAGES:
+        raise SpecError(f"kind: unknown stage kind {kind!r}; known: {', '.join(stages.STAGES)}")
+    return stages.STAGES[kind].load_spec()
 
 
 def read_config_file(path: str | Path) -> dict:
