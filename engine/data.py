@@ -20,7 +20,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from engine.tokenizers import smallest_dtype, token_byte_lengths
+from engine.paths import state_home
+from engine.tokenizers import load_tokenizer, smallest_dtype, token_byte_lengths
 
 TEXT_SUFFIXES = {".txt", ".md", ".py", ".json", ".jsonl", ".text", ""}
 COMPRESSED = {".xz": lzma.open, ".gz": gzip.open}  # read transparently: FILE.txt.xz, FILE.jsonl.gz, ...
@@ -159,6 +160,16 @@ def prepare(sources: list[str], tokenizer, cache_root: Path, val_fraction: float
         shutil.rmtree(tmp, ignore_errors=True)
     log(f"tokenised {len(files)} files: {counts['train']:,} train / {counts['val']:,} val tokens -> {out}")
     return out
+
+
+def prepare_data(data, tokenizer: str | None = None, log=print) -> tuple[Path, object]:
+    """What every stage does before it opens a split: load the tokenizer and tokenise the corpus with it (once,
+    cached). `data` is a DataSpec or has its fields (sources, tokenizer, val_fraction, chunk_bytes, cache_dir:
+    inherit's calib); `tokenizer` names another tokenizer than data.tokenizer. Returns the prepared directory
+    (TokenData.open it) and the tokenizer."""
+    tok = load_tokenizer(tokenizer or data.tokenizer)
+    cache = Path(data.cache_dir) if data.cache_dir else state_home() / "datasets"
+    return prepare(data.sources, tok, cache, data.val_fraction, data.chunk_bytes, log=log), tok
 
 
 class ShardWriter:

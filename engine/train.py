@@ -20,15 +20,13 @@ from engine import compiling, distributed, faults
 from engine.arch import count_params, flops_per_token, training_memory_bytes
 from engine.backend import Backend, resolve
 from engine.config import ModelConfig, model_config, padded_vocab, replace
-from engine.data import (BatchSampler, SubsetSampler, TokenData, WindowSubsetSampler, load_batch_ids, prepare,
+from engine.data import (BatchSampler, SubsetSampler, TokenData, WindowSubsetSampler, load_batch_ids, prepare_data,
                          rank_slice)
 from engine.model import GPT
 from engine.parallel import Parallel
-from engine.paths import state_home
 from engine.peaks import device_peak
-from engine.run_record import RunRecord, read_metrics
+from engine.run_record import RunObserver, RunRecord, read_metrics
 from engine.spec import TrainSpec
-from engine.tokenizers import load_tokenizer
 
 
 class Preempted(Exception):
@@ -123,7 +121,10 @@ def evaluate(model, data: TokenData, n_batches: int, micro_batch: int, backend: 
             "tokens": count, "bytes": n_bytes}
 
 
-def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = None, log=print) -> dict:
+def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = None, log=print,
+          observer: RunObserver | None = None) -> dict:
+    """Train `spec` recording into out_dir (engine/run_record.py); `observer` sees each record as it is written
+    (a stage training runs inside itself: rounds, the ablation) and may add to result.json."""
     out_dir = Path(out_dir)
     world = distributed.world_from_env()
     if spec.deterministic:  # before the backend: cuBLAS reads its workspace setting at its first handle
@@ -132,12 +133,10 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
     backend = resolve(spec.backend, spec.precision, spec.ops, world.local_rank)
     distributed.init(world, backend.process_group, single_process_group=spec.parallel.strategy.startswith("zero"),
                      device=backend.device)
-    record = RunRecord(out_dir, enabled=world.is_main)
+    record = RunRecord(out_dir, enabled=world.is_main, observer=observer)
     say = log if world.is_main else (lambda *a, **k: None)
 
-    tokenizer = load_tokenizer(spec.data.tokenizer)
-    cache = Path(spec.data.cache_dir) if spec.data.cache_dir else state_home() / "datasets"
-    data_dir = prepare(spec.data.sources, tokenizer, cache, spec.data.val_fraction, spec.data.chunk_bytes, log=say)
+    data_dir, tokenizer = prepare_data(spec.data, log=say)
 
     # every RNG a checkpoint saves starts from the seed, so an uninterrupted run and a resumed one agree bit
     # for bit in all of it (the process-random numpy/python states would differ between any two runs)
