@@ -12,6 +12,7 @@ from typing import Literal
 
 import yaml
 from engine import stages
+from engine.fields import InputPath, OutputPath, Preset, Size, TokenizerPath
 from engine.paths import BUNDLED_CORPUS
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -51,21 +52,22 @@ class Strict(BaseModel):
 
 
 class ModelSpec(Strict):
-    preset: str = "tiny"
+    preset: Preset = "tiny"
     overrides: dict[str, int | float | bool] = Field(default_factory=dict,
                                                      description="ModelConfig fields replacing the preset's")
 
 
 class DataSpec(Strict):
-    sources: list[str] = Field(default_factory=lambda: [str(BUNDLED_CORPUS)], min_length=1)
-    tokenizer: str = Field("byte", description="'byte' or a SentencePiece .model path")
+    sources: list[InputPath] = Field(default_factory=lambda: [str(BUNDLED_CORPUS)], min_length=1)
+    tokenizer: TokenizerPath = Field("byte", description="'byte' or a SentencePiece .model path")
     val_fraction: float = Field(0.05, gt=0, lt=0.5)
-    chunk_bytes: PositiveInt = 4096
-    cache_dir: str | None = Field(None, description="where tokenised shards go; default $TINYFORGE_HOME/datasets")
-    batch_ids: str | None = Field(None, description=".npy or JSON list of epoch-0 batch ids to train on "
-                                                    "(multi-round replay); default: all batches in order")
-    window_ids: str | None = Field(None, description=".npy or JSON list of training-split window ids to train on "
-                                                     "(per-sequence multi-round replay)")
+    chunk_bytes: Size = 4096
+    cache_dir: OutputPath | None = Field(None, description="where tokenised shards go; default "
+                                                           "$TINYFORGE_HOME/datasets")
+    batch_ids: InputPath | None = Field(None, description=".npy or JSON list of epoch-0 batch ids to train on "
+                                                          "(multi-round replay); default: all batches in order")
+    window_ids: InputPath | None = Field(None, description=".npy or JSON list of training-split window ids to "
+                                                           "train on (per-sequence multi-round replay)")
     probe_batches: int = Field(0, ge=0, description="forgetting probe: loss on this many batches from the first "
                                                     "tenth of the run's schedule, at every evaluation")
 
@@ -78,9 +80,9 @@ class OptimSpec(Strict):
     weight_decay: float = Field(0.1, ge=0)
     warmup_frac: float = Field(0.03, ge=0, lt=1)
     grad_clip: float = Field(1.0, ge=0)
-    lr_scaling_base_batch: PositiveInt | None = Field(
+    lr_scaling_base_batch: Size | None = Field(
         None, description="if set, lr = lr x (global_batch / base)^0.5")
-    schedule_steps: PositiveInt | None = Field(
+    schedule_steps: Size | None = Field(
         None, description="length of the warmup + cosine schedule in steps of the whole run, counted from the start "
                           "of the run this one continues (init.continue_run); past it the learning rate stays at its "
                           "floor. Default: this run's own end, or, when continuing, the schedule the checkpoint recorded")
@@ -89,12 +91,12 @@ class OptimSpec(Strict):
 class ParallelSpec(Strict):
     strategy: Literal["none", "ddp", "zero1", "zero2", "zero3"] = Field(
         "ddp", description="data parallelism when the world size is above 1 (DeepSpeed ZeRO stages also at 1)")
-    deepspeed_config: str | None = Field(None, description="raw DeepSpeed JSON merged over the generated one")
+    deepspeed_config: InputPath | None = Field(None, description="raw DeepSpeed JSON merged over the generated one")
 
 
 class InitSpec(Strict):
-    checkpoint: str | None = Field(None, description="engine checkpoint directory (e.g. an inherited child)")
-    hf_dir: str | None = Field(None, description="Hugging Face Llama directory")
+    checkpoint: InputPath | None = Field(None, description="engine checkpoint directory (e.g. an inherited child)")
+    hf_dir: InputPath | None = Field(None, description="Hugging Face Llama directory")
     weights: Literal["load", "random"] = Field(
         "load", description="random: take only the shape (model config) from init.checkpoint or hf_dir and start "
                             "from a random initialisation: a from-scratch control of the same shape")
@@ -105,11 +107,11 @@ class InitSpec(Strict):
 
 class DistillSpec(Strict):
     """Optional: distil from a teacher (an inherited child's parent) while training (engine/inherit/distill.py)."""
-    teacher: str | None = Field(None, description="teacher checkpoint or HF dir; unset = no distillation")
+    teacher: InputPath | None = Field(None, description="teacher checkpoint or HF dir; unset = no distillation")
     alpha: float = Field(0.5, ge=0, le=1, description="loss = (1 - alpha) x LM loss + alpha x T^2 x KL")
     temperature: PositiveFloat = 1.0
-    id_map: str | None = Field(None, description="compact tokenizer's id map when the student's vocabulary is "
-                                                 "a subset of the teacher's")
+    id_map: InputPath | None = Field(None, description="compact tokenizer's id map when the student's "
+                                                       "vocabulary is a subset of the teacher's")
 
 
 class NonfiniteSpec(Strict):
@@ -131,10 +133,10 @@ class TrainSpec(Strict):
     init: InitSpec = Field(default_factory=InitSpec)
     distill: DistillSpec = Field(default_factory=DistillSpec)
     parallel: ParallelSpec = Field(default_factory=ParallelSpec)
-    steps: PositiveInt = 200
-    batch_size: PositiveInt = Field(16, description="global batch in sequences = micro_batch x accumulation x world")
-    micro_batch: PositiveInt = 8
-    seq_len: PositiveInt | None = Field(None, description="default: the model's block_size")
+    steps: Size = 200
+    batch_size: Size = Field(16, description="global batch in sequences = micro_batch x accumulation x world")
+    micro_batch: Size = 8
+    seq_len: Size | None = Field(None, description="default: the model's block_size")
     seed: int = 1337
     backend: Literal["auto", "cpu", "cuda", "npu"] = "auto"
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
@@ -149,7 +151,7 @@ class TrainSpec(Strict):
                                                    "on a GPU too, at some speed; off, a GPU resume matches to a tolerance")
     log_every: PositiveInt = 10
     eval_every: PositiveInt = 100
-    eval_batches: PositiveInt = 8
+    eval_batches: Size = 8
     checkpoint_every: PositiveInt = 100
     keep_checkpoints: PositiveInt = 3
     memory_limit_gb: PositiveFloat | None = Field(None, description="refuse configs whose estimate exceeds this")
@@ -237,16 +239,16 @@ STAGE_SPECS = stages.STAGE_SPECS  # kind -> "module:Class", from the one registr
 
 
 class EvalSpec(Strict):
-    checkpoint: str
+    checkpoint: InputPath
     data: DataSpec = Field(default_factory=DataSpec)
-    batches: PositiveInt = 16
-    micro_batch: PositiveInt = 8
+    batches: Size = 16
+    micro_batch: Size = 8
     backend: Literal["auto", "cpu", "cuda", "npu"] = "auto"
 
 
 class ExportSpec(Strict):
-    checkpoint: str
-    tokenizer: str | None = None
+    checkpoint: InputPath
+    tokenizer: TokenizerPath | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
 

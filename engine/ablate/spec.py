@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
+from engine.fields import InputPath, OutputPath, Size
 from engine.inherit.spec import DepthMethod, WidthMetric
 from engine.paths import BUNDLED_CORPUS, FULL_CORPUS
 from engine.spec import Strict
@@ -53,15 +54,16 @@ SCALES: dict[str, Scale] = {
 
 class AblateSpec(Strict):
     scale: Literal["smoke", "default"] = "default"
-    sources: list[str] | None = Field(None, min_length=1, description="the corpus every arm, the tokenizer and the "
-                                                                     "parent train on; default: the scale's")
+    sources: list[InputPath] | None = Field(None, min_length=1, description="the corpus every arm, the tokenizer "
+                                                                           "and the parent train on; default: the "
+                                                                           "scale's")
     seeds: PositiveInt | None = Field(None, description="training seeds of every arm at the full budget")
     curve_seeds: PositiveInt | None = Field(None, description="seeds at the budget curve's smaller budgets")
-    budget_steps: PositiveInt | None = Field(None, description="every arm's steps at the full budget (equal "
+    budget_steps: Size | None = Field(None, description="every arm's steps at the full budget (equal "
                                                                "training tokens)")
     budgets: list[float] | None = Field(None, min_length=1, description="the budget curve: fractions of "
                                                                        "budget_steps, ascending, the last 1.0")
-    parent_steps: PositiveInt | None = Field(None, description="training steps of the parent (arms 4-5)")
+    parent_steps: Size | None = Field(None, description="training steps of the parent (arms 4-5)")
     compact_coverage: float = Field(0.98, gt=0, le=1, description="share of the large tokenizer's token "
                                                                   "occurrences the compact one keeps")
     inherit_depth: DepthMethod = Field("ends", description="which parent layers the child keeps (the paper's)")
@@ -73,8 +75,8 @@ class AblateSpec(Strict):
     backend: Literal["auto", "cpu", "cuda", "npu"] = "cpu"
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "fp32"
     export: bool = Field(True, description="export every arm's final model (full budget) as a Hugging Face directory")
-    cache_dir: str | None = Field(None, description="tokenised shards, tokenizers and parents shared across runs; "
-                                                    "default $TINYFORGE_HOME/datasets")
+    cache_dir: OutputPath | None = Field(None, description="tokenised shards, tokenizers and parents shared "
+                                                           "across runs; default $TINYFORGE_HOME/datasets")
 
     @model_validator(mode="after")
     def _check(self):

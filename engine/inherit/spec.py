@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, NonNegativeInt, PositiveFloat, model_validator
 
+from engine.fields import InputPath, OutputPath, Preset, Size, TokenizerPath
 from engine.paths import BUNDLED_CORPUS
 from engine.spec import Strict
 
@@ -17,14 +18,14 @@ CHILD_SHAPE_FIELDS = ("vocab_size", "n_layer", "n_embd", "n_head", "n_kv_head", 
 class ChildSpec(Strict):
     """The child's shape: a preset, a model-config file, and/or explicit fields (these win). Fields
     left unset are the parent's; head_dim is always the parent's (heads are kept whole)."""
-    preset: str | None = None
-    config: str | None = Field(None, description="JSON/YAML file of ModelConfig fields")
-    vocab_size: PositiveInt | None = None
-    n_layer: PositiveInt | None = None
-    n_embd: PositiveInt | None = None
-    n_head: PositiveInt | None = None
-    n_kv_head: PositiveInt | None = None
-    ffn_hidden: PositiveInt | None = None
+    preset: Preset | None = None
+    config: InputPath | None = Field(None, description="JSON/YAML file of ModelConfig fields")
+    vocab_size: Size | None = None
+    n_layer: Size | None = None
+    n_embd: Size | None = None
+    n_head: Size | None = None
+    n_kv_head: Size | None = None
+    ffn_hidden: Size | None = None
     tie_embeddings: bool | None = None
 
     @model_validator(mode="after")
@@ -52,7 +53,7 @@ class DepthSpec(Strict):
 class LearnableSpec(Strict):
     """Hard-concrete gates (Louizos et al. 2018, as in Sheared-LLaMA) trained against the LM loss
     with a Lagrangian pulling each structure's expected sparsity to its target."""
-    steps: PositiveInt = 300
+    steps: Size = 300
     ramp_frac: float = Field(0.5, ge=0, le=1, description="target sparsity ramps linearly over this share of steps")
     lr: PositiveFloat = Field(0.1, description="learning rate of the gates' log-alpha")
     lagrangian_lr: PositiveFloat = Field(0.1, description="learning rate of the Lagrange multipliers (ascent)")
@@ -63,25 +64,27 @@ class LearnableSpec(Strict):
 
 
 class CalibSpec(Strict):
-    sources: list[str] = Field(default_factory=lambda: [str(BUNDLED_CORPUS)], min_length=1)
-    tokenizer: str | None = Field(None, description="the parent's tokenizer; default: from the parent, else 'byte'")
-    batches: PositiveInt = Field(8, description="calibration batches for data-driven scores")
-    micro_batch: PositiveInt = 4
-    seq_len: PositiveInt = 128
+    sources: list[InputPath] = Field(default_factory=lambda: [str(BUNDLED_CORPUS)], min_length=1)
+    tokenizer: TokenizerPath | None = Field(None, description="the parent's tokenizer; default: from the parent, "
+                                                              "else 'byte'")
+    batches: Size = Field(8, description="calibration batches for data-driven scores")
+    micro_batch: Size = 4
+    seq_len: Size = 128
     val_fraction: float = Field(0.05, gt=0, lt=0.5)
-    chunk_bytes: PositiveInt = 4096
-    cache_dir: str | None = None
+    chunk_bytes: Size = 4096
+    cache_dir: OutputPath | None = None
 
 
 class VocabSpec(Strict):
-    id_map: str | None = Field(None, description="compact tokenizer's id map: JSON list / .npy array of parent ids "
-                                                 "in child-id order, or a JSON object {parent id: child id}; "
-                                                 "default: MODEL.id_map.json beside vocab.tokenizer")
-    tokenizer: str | None = Field(None, description="the child's tokenizer (held-out loss, recorded in the checkpoint)")
+    id_map: InputPath | None = Field(None, description="compact tokenizer's id map: JSON list / .npy array of "
+                                                       "parent ids in child-id order, or a JSON object {parent id: "
+                                                       "child id}; default: MODEL.id_map.json beside vocab.tokenizer")
+    tokenizer: TokenizerPath | None = Field(None, description="the child's tokenizer (held-out loss, recorded in "
+                                                              "the checkpoint)")
 
 
 class InheritSpec(Strict):
-    parent: str = Field(description="engine checkpoint (step dir, checkpoints root or run dir) or HF Llama dir")
+    parent: InputPath = Field(description="engine checkpoint (step dir, checkpoints root or run dir) or HF Llama dir")
     child: ChildSpec = Field(default_factory=ChildSpec)
     depth: DepthSpec = Field(default_factory=DepthSpec)
     width: WidthMetric = "l2"

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
+from engine.fields import InputPath, Size
 from engine.spec import TrainSpec
 
 # fields of RoundsSpec that are not TrainSpec fields (dropped when a round's TrainSpec is built)
@@ -19,9 +20,9 @@ class RoundsSpec(TrainSpec):
     `first_round_steps`; then `rounds` replay rounds follow, each scoring the pool with the previous
     round's frozen model, drawing rate x N items without replacement from softmax(score / T), and
     training on them from the previous round's weights."""
-    steps: PositiveInt | None = Field(None, description="steps of each replay round; default: one pass over the "
+    steps: Size | None = Field(None, description="steps of each replay round; default: one pass over the "
                                                         "drawn set")
-    first_round_steps: PositiveInt | None = Field(None, description="train round 1 here (from model.preset) for "
+    first_round_steps: Size | None = Field(None, description="train round 1 here (from model.preset) for "
                                                                     "this many steps; else init.checkpoint is round 1")
     rounds: PositiveInt = Field(1, description="replay rounds after round 1 (the paper: 1; a second saturated)")
     rate: float = Field(0.5, gt=0, le=1, description="share of the pool drawn for each replay round (N0 = rate x N)")
@@ -33,7 +34,7 @@ class RoundsSpec(TrainSpec):
                                                                "batches instead of the pool")
     score: Literal["loss", "reducible"] = Field(
         "loss", description="loss of the previous round's model, or that minus a reference model's loss (RHO-LOSS)")
-    reference: str | None = Field(None, description="checkpoint of the reference model (score: reducible)")
+    reference: InputPath | None = Field(None, description="checkpoint of the reference model (score: reducible)")
     granularity: Literal["batch", "sequence"] = Field(
         "batch", description="score and draw whole training batches (the paper) or single sequences")
     pool: Literal["seen", "all"] = Field(
@@ -46,7 +47,7 @@ class RoundsSpec(TrainSpec):
                                 "round its own warmup + cosine from optim.lr and fresh AdamW moments; constant: a "
                                 "constant lr equal to the previous round's last one, fresh moments")
     sample_seed: int | None = Field(None, description="seed of the draws; default: seed + round number")
-    score_micro_batch: PositiveInt | None = Field(None, description="sequences per scoring forward pass; "
+    score_micro_batch: Size | None = Field(None, description="sequences per scoring forward pass; "
                                                                     "default 4 x micro_batch (no activations kept)")
     score_chunk: PositiveInt = Field(512, description="sequences per persisted chunk of scores (the unit a "
                                                       "killed scoring pass resumes from)")

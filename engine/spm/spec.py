@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 
+from engine.fields import InputPath, Preset, Size
 from engine.paths import BUNDLED_CORPUS
 from engine.spec import Strict
 
@@ -24,12 +25,12 @@ WARN_COVERAGE = 0.95  # below this compaction is too deep: a `warning:` log line
 
 class TokenizerStageSpec(Strict):
     action: Literal["train", "count", "compact", "report"] = "compact"
-    sources: list[str] = Field(default_factory=lambda: [str(BUNDLED_CORPUS)], min_length=1,
+    sources: list[InputPath] = Field(default_factory=lambda: [str(BUNDLED_CORPUS)], min_length=1,
                                description="text files, folders or JSONL ({'text': ...} per line)")
-    model: str | None = Field(None, description="the large SentencePiece .model to count/compact/report; "
+    model: InputPath | None = Field(None, description="the large SentencePiece .model to count/compact/report; "
                                                 "none: one is trained first from the train fields")
     # train
-    vocab_size: PositiveInt = Field(32000, description="size of the large tokenizer trained when `model` is not given")
+    vocab_size: Size = Field(32000, description="size of the large tokenizer trained when `model` is not given")
     model_type: Literal["bpe", "unigram"] = "bpe"
     special_tokens: list[str] = Field(default_factory=list, description="user-defined pieces, never split or dropped")
     character_coverage: float | None = Field(None, gt=0, le=1, description="default: 0.9995, lowered when the "
@@ -37,15 +38,15 @@ class TokenizerStageSpec(Strict):
     input_sentence_size: NonNegativeInt = Field(0, description="train on at most this many lines (0: all)")
     seed: int = 0
     # count
-    counts: str | None = Field(None, description="a frequency file (.npy or .tsv) from an earlier count")
-    shards: list[str] = Field(default_factory=list, description="count from token shards (.bin files or dataset "
+    counts: InputPath | None = Field(None, description="a frequency file (.npy or .tsv) from an earlier count")
+    shards: list[InputPath] = Field(default_factory=list, description="count from token shards (.bin files or dataset "
                                                                 "folders) instead of encoding `sources`")
     shard_dtype: Literal["uint16", "uint32"] | None = Field(None, description="default: from the folder's meta.json")
     workers: PositiveInt | None = Field(None, description="encoding processes (default: all cores)")
     chunk_bytes: PositiveInt = Field(4096, description="text is encoded in line-aligned chunks of this size, "
                                                        "as the data pipeline does")
     # compact
-    compact_vocab: PositiveInt | None = Field(None, description="a fixed size: pieces the compact tokenizer keeps "
+    compact_vocab: Size | None = Field(None, description="a fixed size: pieces the compact tokenizer keeps "
                                                                "(instead of compact_coverage)")
     compact_coverage: float | None = Field(DEFAULT_COVERAGE, gt=0, le=1,
                                            description="the smallest vocabulary keeping this share of the large "
@@ -53,8 +54,8 @@ class TokenizerStageSpec(Strict):
                                                        "included (unused when compact_vocab is given)")
     closure: bool = Field(True, description="BPE: keep the pieces that kept pieces' merges pass through")
     # report
-    sizes: list[PositiveInt] = Field(default_factory=lambda: list(DEFAULT_SIZES), min_length=1)
-    preset: str = Field(DEFAULT_PRESET, description="model preset for the embedding + head parameter share")
+    sizes: list[Size] = Field(default_factory=lambda: list(DEFAULT_SIZES), min_length=1)
+    preset: Preset = Field(DEFAULT_PRESET, description="model preset for the embedding + head parameter share")
 
     @model_validator(mode="after")
     def _check(self):
