@@ -138,7 +138,7 @@ class TrainSpec(Strict):
     micro_batch: Size = 8
     seq_len: Size | None = Field(None, description="default: the model's block_size")
     seed: int = 1337
-    backend: Literal["auto", "cpu", "cuda", "npu"] = "auto"
+    backend: stages.Backend = "auto"
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="auto: bf16 where the device computes it natively, else fp32 on a CPU (engine/backend.py)")
     ops: dict[Literal["rms_norm", "rotary", "swiglu", "attention", "linear_cross_entropy", "adamw"], OpImpl] = \
@@ -243,7 +243,7 @@ class EvalSpec(Strict):
     data: DataSpec = Field(default_factory=DataSpec)
     batches: Size = 16
     micro_batch: Size = 8
-    backend: Literal["auto", "cpu", "cuda", "npu"] = "auto"
+    backend: stages.Backend = "auto"
 
 
 class ExportSpec(Strict):

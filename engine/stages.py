@@ -6,8 +6,11 @@ neither torch nor pydantic, so the service and `tinyforge --help` stay cheap."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-BACKENDS = ("auto", "cpu", "cuda", "npu")  # what a stage's `backend` field accepts (engine/spec.py Backend)
+# the device family a stage runs on (engine/backend.py resolves auto); every schema's `backend` field
+Backend = Literal["auto", "cpu", "cuda", "npu"]
+BACKENDS: tuple[str, ...] = Backend.__args__
 
 
 @dataclass(frozen=True)

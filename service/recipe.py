@@ -5,20 +5,37 @@
 
 The wiring below is the only place that knows which config key of a stage takes which output of
 an earlier one. A recipe section is deep-merged over its wiring, so a user can override any key.
-Assumed outputs (result.json artifact names; see docs/service.md): the tokenizer stage records
-`tokenizer` (the compact SentencePiece model), `id_map` (old id -> new id) and `large_tokenizer`
-(the one it compacted); train, inherit and rounds record a `checkpoint`."""
+What a stage records is the stage registry's (engine/stages.py): the tokenizer stage's `tokenizer` (the
+compact SentencePiece model), `id_map` (old id -> new id) and `large_tokenizer` (the one it compacted);
+the `checkpoint` of train, inherit and rounds. A reference to anything else fails at import."""
 from __future__ import annotations
 
 import copy
 
-TOK = "${stages.tokenizer.artifacts.tokenizer}"
-LARGE_TOK = "${stages.tokenizer.artifacts.large_tokenizer}"
-ID_MAP = "${stages.tokenizer.artifacts.id_map}"
+from engine.stages import STAGES
+
+
+# the kind of each stage the recipe writes (what it records is the registry's)
+KINDS = {"tokenizer": "tokenizer", "parent": "train", "inherit": "inherit", "round1": "train", "round2": "rounds",
+         "export": "export", "eval": "eval", "scratch": "train", "eval_scratch": "eval"}
+
+
+def output(stage: str, artifact: str) -> str:
+    """The reference to `artifact` of the recipe's stage `stage`: only what that stage's kind records."""
+    kind = STAGES[KINDS[stage]]
+    if artifact not in kind.artifacts:
+        raise ValueError(f"recipe wiring: a {kind.name} stage records no artifact {artifact!r} "
+                         f"(it records {', '.join(kind.artifacts) or 'none'}; engine/stages.py)")
+    return f"${{stages.{stage}.artifacts.{artifact}}}"
+
+
+TOK = output("tokenizer", "tokenizer")
+LARGE_TOK = output("tokenizer", "large_tokenizer")
+ID_MAP = output("tokenizer", "id_map")
 
 
 def ckpt(stage: str) -> str:
-    return f"${{stages.{stage}.artifacts.checkpoint}}"
+    return output(stage, "checkpoint")
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -33,36 +50,32 @@ def expand(recipe, resources) -> list[tuple[str, str, dict, tuple]]:
     data = dict(recipe.data)
     sources = data.get("sources", ["data/sample"])
     at = lambda section: ("body", "recipe", section)  # noqa: E731
-    stages = [("tokenizer", "tokenizer", deep_merge({"sources": sources}, recipe.tokenizer), at("tokenizer"))]
+    tokenized = {**data, "tokenizer": TOK}
+
+    def stage(name: str, wiring: dict, section: dict, loc: tuple) -> tuple[str, str, dict, tuple]:
+        return name, KINDS[name], deep_merge(wiring, section), loc
+
+    stages = [stage("tokenizer", {"sources": sources}, recipe.tokenizer, at("tokenizer"))]
     parent = recipe.parent
     if parent.train is not None:
-        wiring = {"data": {**data, "tokenizer": LARGE_TOK}}
-        stages.append(("parent", "train", deep_merge(wiring, parent.train), ("body", "recipe", "parent", "train")))
-        parent_path = ckpt("parent")
+        stages.append(stage("parent", {"data": {**data, "tokenizer": LARGE_TOK}}, parent.train,
+                            ("body", "recipe", "parent", "train")))
+        parent_path, calib_tokenizer = ckpt("parent"), {"tokenizer": LARGE_TOK}
     else:
-        parent_path = parent.checkpoint or parent.hf_dir
+        parent_path, calib_tokenizer = parent.checkpoint or parent.hf_dir, {}
     stages += [
-        ("inherit", "inherit", deep_merge({"parent": parent_path,
-                                           "calib": {"sources": sources, **({"tokenizer": LARGE_TOK}
-                                                                            if parent.train is not None else {})},
-                                           "vocab": {"id_map": ID_MAP, "tokenizer": TOK}}, recipe.inherit),
-         at("inherit")),
-        ("round1", "train", deep_merge({"data": {**data, "tokenizer": TOK}, "init": {"checkpoint": ckpt("inherit")}},
-                                       recipe.round1), at("round1")),
-        ("round2", "rounds", deep_merge({"data": {**data, "tokenizer": TOK}, "init": {"checkpoint": ckpt("round1")}},
-                                        recipe.round2), at("round2")),
-        ("export", "export", deep_merge({"checkpoint": ckpt("round2"), "tokenizer": TOK}, recipe.export),
-         at("export")),
-        ("eval", "eval", deep_merge({"checkpoint": ckpt("round2"), "data": {**data, "tokenizer": TOK}}, recipe.eval),
-         at("eval")),
+        stage("inherit", {"parent": parent_path, "calib": {"sources": sources, **calib_tokenizer},
+                          "vocab": {"id_map": ID_MAP, "tokenizer": TOK}}, recipe.inherit, at("inherit")),
+        stage("round1", {"data": tokenized, "init": {"checkpoint": ckpt("inherit")}}, recipe.round1, at("round1")),
+        stage("round2", {"data": tokenized, "init": {"checkpoint": ckpt("round1")}}, recipe.round2, at("round2")),
+        stage("export", {"checkpoint": ckpt("round2"), "tokenizer": TOK}, recipe.export, at("export")),
+        stage("eval", {"checkpoint": ckpt("round2"), "data": tokenized}, recipe.eval, at("eval")),
     ]
     if recipe.scratch is not None:  # the control: same shape, same tokenizer, same held-out windows, no parent
         stages += [
-            ("scratch", "train", deep_merge({"data": {**data, "tokenizer": TOK},
-                                             "init": {"checkpoint": ckpt("inherit"), "weights": "random"}},
-                                            recipe.scratch), at("scratch")),
-            ("eval_scratch", "eval", deep_merge({"checkpoint": ckpt("scratch"), "data": {**data, "tokenizer": TOK}},
-                                                recipe.eval), at("eval")),
+            stage("scratch", {"data": tokenized, "init": {"checkpoint": ckpt("inherit"), "weights": "random"}},
+                  recipe.scratch, at("scratch")),
+            stage("eval_scratch", {"checkpoint": ckpt("scratch"), "data": tokenized}, recipe.eval, at("eval")),
         ]
     return stages
 

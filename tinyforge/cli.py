@@ -1,24 +1,23 @@
 """Root of the `tinyforge` command. Each subcommand is a small module over library functions,
-imported only when invoked so that `tinyforge --help` stays fast and optional parts stay optional."""
-from __future__ import annotations
+imported only when invoked or listed, so that `tinyforge --help` stays fast (no torch).
 
-import importlib
+The stage kinds' commands come from the stage registry (engine/stages.py); the tools and the service's
+commands are listed here. A command whose module fails to import is an error naming the module and the
+cause, never a command that silently disappears."""
+from __future__ import annotations
 
 import click
 
-# command name -> "module:attribute" of a click command
+from engine.importing import import_object
+from engine.stages import STAGES
+
+# command name -> "module:attribute" of a click command: every stage kind's, then the rest
 COMMANDS: dict[str, str] = {
+    **{kind.command: kind.entry for kind in STAGES.values()},
     "demo": "service.commands.demo:demo",
-    "train": "engine.commands.train:train",
     "arch": "engine.commands.arch:arch",
-    "export-hf": "engine.commands.export_hf:export_hf",
     "import-hf": "engine.commands.export_hf:import_hf",
-    "tokenizer": "engine.commands.tokenizer:tokenizer",
-    "inherit": "engine.commands.inherit:inherit",
-    "rounds": "engine.commands.rounds:rounds",
-    "eval": "engine.commands.evaluate:evaluate",
     "generate": "engine.commands.generate:generate",
-    "ablate": "engine.commands.ablate:ablate",
     "serve": "service.commands.serve:serve",
     "worker": "service.commands.worker:worker",
     "jobs": "service.commands.jobs:jobs",
@@ -29,18 +28,15 @@ COMMANDS: dict[str, str] = {
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx):
-        return sorted(name for name in COMMANDS if self._available(name))
-
-    @staticmethod
-    def _available(name: str) -> bool:
-        module = COMMANDS[name].split(":")[0]
-        return importlib.util.find_spec(module) is not None
+        return sorted(COMMANDS)
 
     def get_command(self, ctx, name):
-        if name not in COMMANDS or not self._available(name):
+        if name not in COMMANDS:
             return None
-        module, attr = COMMANDS[name].split(":")
-        return getattr(importlib.import_module(module), attr)
+        try:
+            return import_object(COMMANDS[name], f"command {name!r}")
+        except ImportError as exc:  # a broken module: say which, and exit non-zero
+            raise click.ClickException(str(exc)) from exc
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

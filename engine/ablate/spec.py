@@ -13,6 +13,7 @@ from engine.fields import InputPath, OutputPath, Size
 from engine.inherit.spec import DepthMethod, WidthMetric
 from engine.paths import BUNDLED_CORPUS, FULL_CORPUS
 from engine.spec import Strict
+from engine.stages import Backend
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class AblateSpec(Strict):
     replay_temperature: float = Field(1.0, gt=0, description="arm 5: T of softmax(loss / T)")
     threads: PositiveInt | None = Field(None, description="torch threads of each run")
     workers: PositiveInt | None = Field(None, description="runs at once, each in its own process")
-    backend: Literal["auto", "cpu", "cuda", "npu"] = "cpu"
+    backend: Backend = "cpu"
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "fp32"
     export: bool = Field(True, description="export every arm's final model (full budget) as a Hugging Face directory")
     cache_dir: OutputPath | None = Field(None, description="tokenised shards, tokenizers and parents shared "

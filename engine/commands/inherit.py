@@ -2,6 +2,7 @@
 import click
 
 from engine.commands.common import config_option, out_option, set_option, stage_command
+from engine.stages import BACKENDS
 
 
 def _flag_overrides(parent, child_preset, child_config, depth, layers, width, calib, id_map, child_tokenizer,
@@ -38,7 +39,7 @@ def _flag_overrides(parent, child_preset, child_config, depth, layers, width, ca
 @click.option("--id-map", help="compact tokenizer's old-id -> new-id map (JSON or .npy)")
 @click.option("--child-tokenizer", help="the child's tokenizer (SentencePiece .model), for the held-out loss")
 @click.option("--seed", type=int)
-@click.option("--backend", type=click.Choice(["auto", "cpu", "cuda", "npu"]))
+@click.option("--backend", type=click.Choice(BACKENDS))
 @stage_command
 def inherit(config_path, out_dir, overrides, parent, child_preset, child_config, depth, layers, width, calib,
             id_map, child_tokenizer, seed, backend):

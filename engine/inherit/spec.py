@@ -9,6 +9,7 @@ from pydantic import Field, NonNegativeInt, PositiveFloat, model_validator
 from engine.fields import InputPath, OutputPath, Preset, Size, TokenizerPath
 from engine.paths import BUNDLED_CORPUS
 from engine.spec import Strict
+from engine.stages import Backend
 
 DepthMethod = Literal["uniform", "first", "last", "ends", "explicit", "block_influence", "loss_rise"]
 WidthMetric = Literal["random", "l1", "l2", "taylor", "activation", "learnable"]
@@ -93,4 +94,4 @@ class InheritSpec(Strict):
     vocab: VocabSpec = Field(default_factory=VocabSpec)
     eval_batches: NonNegativeInt = Field(8, description="held-out batches for the child-vs-random loss (0: skip)")
     seed: int = 0
-    backend: Literal["auto", "cpu", "cuda", "npu"] = "auto"
+    backend: Backend = "auto"

@@ -7,7 +7,6 @@ classes and register in LAUNCHERS by import path; a worker offers a launcher onl
 from __future__ import annotations
 
 import ctypes
-import importlib
 import os
 import signal
 import subprocess
@@ -16,6 +15,8 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from engine.importing import import_object
 
 LAUNCHERS: dict[str, str] = {
     "local": "service.worker.launchers:LocalLauncher",
@@ -77,14 +78,13 @@ class Launcher(ABC):
 
 
 def load_launcher(name: str) -> type[Launcher] | None:
+    """The launcher class registered as `name`, or None when none is or it is not available on this host.
+    A registered launcher whose module fails to import raises (ImportPathError names it): a broken
+    launcher must stop the worker, not quietly drop out of what it offers."""
     path = LAUNCHERS.get(name)
     if not path:
         return None
-    module, attr = path.split(":")
-    try:
-        cls = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError):
-        return None
+    cls = import_object(path, f"launcher {name!r}")
     return cls if cls.available() else None
 
 
