@@ -21,7 +21,7 @@ from service.prom import Metrics
 from service.services import housekeeping
 from service.services.scheduling import WorkerSnapshot
 from service.settings import Settings
-from service.spec import JobSpec
+from service.jobspec import JobSpec
 
 log = logging.getLogger("tinyforge.api")
 

@@ -49,7 +49,9 @@ def test_check_matched_refuses_a_shape_off_by_more_than_five_percent():
 
 
 def test_ablate_stage_validates_through_the_service_spec():
-    from service.spec import SpecError, plan, validate_spec
+    from service.body import SpecError
+    from service.jobspec import validate_spec
+    from service.planning import plan
 
     def run_plan(stages):
         return plan(validate_spec({"name": "abl", "stages": stages}), registry="engine.spec:STAGE_SPECS",

@@ -5,7 +5,7 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.auth import Principal
-from service.spec import SpecError
+from service.body import SpecError
 
 bearer = HTTPBearer(auto_error=False, description="an API token from `tinyforge token create`")
 

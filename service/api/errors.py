@@ -15,7 +15,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.services.jobs import Conflict, NotFound
-from service.spec import SpecError
+from service.body import SpecError
 
 log = logging.getLogger("tinyforge.api")
 

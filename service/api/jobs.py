@@ -13,7 +13,7 @@ from service.api import schemas
 from service.api.deps import AUTH_ERRORS, BODY_ERRORS as BAD_BODY, CONFLICT, NOT_FOUND, READ, SUBMIT, require
 from service.auth import Principal
 from service.services import artifacts, jobs, lifecycle, logs, metrics
-from service.spec import SpecError, parse_body
+from service.body import SpecError, parse_body
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 

@@ -14,7 +14,7 @@ from service.api.deps import ADMIN, AUTH_ERRORS, BODY_ERRORS, NOT_FOUND, READ
 from service.auth import Principal
 from service.services import artifacts, workers
 from service.services.jobs import NotFound
-from service.spec import parse_model
+from service.body import parse_model
 
 router = APIRouter(prefix="/v1", responses=AUTH_ERRORS)
 BINARY = {"schema": {"type": "string", "format": "binary"}}

@@ -7,7 +7,9 @@ from types import SimpleNamespace
 
 from sqlalchemy import select, update
 
-from service import spec as specs
+from service import planning
+from service.body import SpecError, request_hash
+from service.jobspec import STAGE_COMMANDS, validate_spec
 from service.db import Database
 from service.db.models import Attempt, Event, IdempotencyKey, Job, JobLabel, Stage, new_id
 from service.services import lifecycle
@@ -25,8 +27,8 @@ class Conflict(ValueError):
     pass
 
 
-def _plan(settings: Settings, data) -> specs.Plan:
-    return specs.plan(specs.validate_spec(data), registry=settings.stage_specs, roots=settings.roots)
+def _plan(settings: Settings, data) -> planning.Plan:
+    return planning.plan(validate_spec(data), registry=settings.stage_specs, roots=settings.roots)
 
 
 def plan(settings: Settings, workers: WorkerSnapshot, data) -> dict:
@@ -34,7 +36,7 @@ def plan(settings: Settings, workers: WorkerSnapshot, data) -> dict:
     p = _plan(settings, data)
     r = p.spec.resources
     reason = wait_reason(r.backend, r.devices_per_node, r.launcher, workers.get())
-    return {"name": p.spec.name, "stages": [{"name": st.name, "kind": st.kind, "command": specs.STAGE_COMMANDS.get(
+    return {"name": p.spec.name, "stages": [{"name": st.name, "kind": st.kind, "command": STAGE_COMMANDS.get(
         st.kind, st.kind), "config": st.config, "references": st.references, "validated_by": st.validated_by}
         for st in p.stages],
         "resources": r.model_dump(mode="json"), "schedulable": reason.schedulable,
@@ -59,10 +61,10 @@ def submit(db: Database, settings: Settings, workers: WorkerSnapshot, data, idem
     """Returns (job, created). A repeated key with the same body returns the original job; with another
     body it raises Conflict. The job, its stages, its first attempt, its first event and the key commit
     in one transaction (batched with concurrent submissions: services/group_commit.py)."""
-    digest = specs.request_hash(data)
+    digest = request_hash(data)
     try:
         p = _plan(settings, data)
-    except specs.SpecError:
+    except SpecError:
         # a repeat answers with the original job even if the body no longer validates (a path since gone)
         if idempotency_key:
             with db.engine.connect() as conn:

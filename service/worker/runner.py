@@ -18,12 +18,12 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from engine.stages import STAGES
-from service import refs
+from service import planning, refs
 from service.db import Database
 from service.db.models import Artifact, Attempt, Job, MetricPoint, Stage
 from service.services import lifecycle
 from service.settings import Settings
-from service.spec import STAGE_COMMANDS
+from service.jobspec import STAGE_COMMANDS
 from service.worker import devices
 from service.worker.launchers import LaunchRequest, load_launcher
 from service.worker.monitor import LeaseLost, Outcome, StageMonitor
@@ -188,7 +188,11 @@ class AttemptRunner:
         run_dir.mkdir(parents=True, exist_ok=True)
         try:
             config, inputs = self._retrying(lambda: self.resolve(st, stages))
-        except refs.RefError as exc:
+            # the paths again, resolved: a symlink swapped since submission must not lead the stage out
+            # of the data roots (earlier stages' outputs, under runs/, are inputs too)
+            planning.recheck_paths(self.settings.stage_specs, st.kind, config,
+                                   (*self.settings.roots, self.settings.runs_dir))
+        except (refs.RefError, planning.PathRecheckError) as exc:
             reason = f"stage {st.name}: {exc.msg}"
 
             def fail(s_id=st.id):

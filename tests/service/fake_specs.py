@@ -1,15 +1,20 @@
 """Stage schema registry for the service tests: every kind validated by FakeStage (the engine's own
-schemas are exercised by test_spec.py). Point TINYFORGE_STAGE_SPECS at fake_specs:STAGE_SPECS."""
+schemas are exercised by test_spec.py). Point TINYFORGE_STAGE_SPECS at fake_specs:STAGE_SPECS.
+Its fields carry the engine's markers (engine/fields.py), so the service checks them as it checks a real
+schema's: `source` is an input path inside the data roots, `steps` a positive size."""
 from __future__ import annotations
 
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
+from engine import stages
+from engine.fields import InputPath, Size
+
 
 class FakeStage(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    steps: PositiveInt = 5
+    steps: Size = 5
     step_time: float = Field(0.02, ge=0)
     exit_code: int | None = None  # exit with this code at step fail_at
     fail_at: int = 0
@@ -20,7 +25,7 @@ class FakeStage(BaseModel):
     artifacts: list[dict] = Field(default_factory=lambda: [{"name": "checkpoint", "type": "checkpoint"}])
     echo: Any = None
     lines: int = 0
-    source: str | None = None
+    source: InputPath | None = None
 
 
-STAGE_SPECS = {kind: "fake_specs:FakeStage" for kind in ("tokenizer", "inherit", "train", "rounds", "eval", "export")}
+STAGE_SPECS = {kind: "fake_specs:FakeStage" for kind in stages.STAGES}  # every kind the service accepts

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from service import refs
-from service.spec import SpecError, parse_body, parse_duration, plan, validate_spec
+from service.body import SpecError, parse_body
+from service.jobspec import parse_duration, validate_spec
+from service.planning import plan
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "sample"

@@ -1,0 +1,156 @@
+"""Every path field of every stage kind stays inside the data roots, found from the engine's schemas (not
+from a list kept here): for each kind of the engine's registry and each field its schema marks as a path
+(engine/fields.py), a job naming a file outside the roots in that one field is a 422 naming the field. A
+field added to a schema later is covered without touching this file. And the check is made again when a
+stage starts: a directory swapped for a symlink leading out after submission fails the stage, naming the
+field, and the file outside is never opened."""
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+import pytest
+
+from engine.fields import EACH, marked_fields
+from engine.importing import import_object
+from engine.stages import STAGES
+from security_fixtures import Service
+
+PY_ENGINE = "engine.spec:STAGE_SPECS"
+
+
+def base_configs(home) -> dict[str, dict]:
+    """A config each kind accepts with every path inside the roots (a new kind must add one here)."""
+    corpus, ckpt = str(home / "corpus"), str(home / "ckpt")
+    return {
+        "tokenizer": {"sources": [corpus]},
+        "train": {"model": {"preset": "micro"}, "data": {"sources": [corpus]}, "steps": 2},
+        "inherit": {"parent": ckpt, "calib": {"sources": [corpus]}},
+        "rounds": {"model": {"preset": "micro"}, "data": {"sources": [corpus]}, "first_round_steps": 2},
+        "eval": {"checkpoint": ckpt, "data": {"sources": [corpus]}},
+        "export": {"checkpoint": ckpt},
+        "ablate": {"scale": "smoke", "sources": [corpus]},
+    }
+
+
+def path_fields() -> list[tuple[str, tuple]]:
+    return [(kind, f.loc) for kind, k in STAGES.items()
+            for f in marked_fields(import_object(k.spec)) if f.marker.is_path]
+
+
+def with_value(config: dict, loc: tuple, value: str) -> tuple[dict, tuple]:
+    """A copy of `config` holding `value` at the field `loc` (a list of one for EACH); where it landed."""
+    import copy
+    out = copy.deepcopy(config)
+    node, where = out, []
+    for i, step in enumerate(loc):
+        last = i == len(loc) - 1 or (i == len(loc) - 2 and loc[-1] == EACH)
+        if step == EACH:
+            break
+        where.append(step)
+        if last:
+            node[step] = [value] if loc[-1] == EACH else value
+            if loc[-1] == EACH:
+                where.append(0)
+            break
+        node = node.setdefault(step, {})
+    return out, tuple(where)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fields")
+    home, outside = tmp / "home", tmp / "outside"
+    (home / "corpus").mkdir(parents=True)
+    (home / "corpus" / "a.txt").write_text("hello world\n" * 50)
+    (home / "ckpt").mkdir()
+    outside.mkdir()
+    (outside / "secret.txt").write_text("not yours\n")
+    svc = Service(home, f"sqlite:///{tmp / 'tinyforge.db'}", TINYFORGE_STAGE_SPECS=PY_ENGINE)
+    yield svc, home, outside
+    svc.close()
+
+
+def test_the_walk_finds_the_path_fields_a_name_list_missed():
+    found = {(kind, ".".join(loc)) for kind, loc in path_fields()}
+    for kind in ("train", "rounds"):
+        for name in ("data.sources.*", "data.tokenizer", "data.cache_dir", "data.batch_ids", "data.window_ids",
+                     "init.checkpoint", "init.hf_dir", "distill.teacher", "distill.id_map",
+                     "parallel.deepspeed_config"):
+            assert (kind, name) in found, (kind, name)
+    assert {("rounds", "reference"), ("inherit", "parent"), ("inherit", "calib.sources.*"), ("inherit", "child.config"),
+            ("inherit", "vocab.id_map"), ("eval", "checkpoint"), ("eval", "data.batch_ids"), ("export", "checkpoint"),
+            ("tokenizer", "model"), ("tokenizer", "shards.*"), ("tokenizer", "counts"), ("ablate", "sources.*"),
+            ("ablate", "cache_dir")} <= found
+    assert {kind for kind, _ in found} == set(STAGES)  # every kind has path fields, and each is walked
+
+
+def test_every_path_field_of_every_stage_kind_refuses_a_path_outside_the_roots(env):
+    svc, home, outside = env
+    bases = base_configs(home)
+    assert set(bases) == set(STAGES), "a new stage kind needs a base config here"
+    for kind, config in bases.items():  # the base configs pass: a 422 below is the one field's
+        r = svc.http.post("/v1/jobs:plan", json={"name": "base", "stages": [{"kind": kind, "config": config}]})
+        assert r.status_code == 200, (kind, r.text)
+    before = svc.http.get("/v1/jobs").json()
+    fields = path_fields()
+    assert len(fields) >= 40, fields
+    for kind, loc in fields:
+        for bad in (str(outside / "secret.txt"), str(home / ".." / "outside" / "secret.txt")):
+            config, where = with_value(bases[kind], loc, bad)
+            r = svc.http.post("/v1/jobs", json={"name": "escape", "stages": [{"kind": kind, "config": config}]})
+            assert r.status_code == 422, (kind, loc, r.status_code, r.text)
+            at = ["body", "stages", 0, "config", *where]
+            errors = {tuple(e["loc"]): e for e in r.json()["errors"]}
+            assert tuple(at) in errors, (kind, loc, r.text)
+            e = errors[tuple(at)]
+            assert e["type"] == "path_error" and "outside the data roots" in e["msg"], (kind, loc, e)
+            assert e["field"] == ".".join(map(str, at[1:])), e
+    assert svc.http.get("/v1/jobs").json() == before  # nothing was stored
+
+
+def _fifo_has_reader(path) -> bool:
+    """Whether some process has the FIFO open for reading (opening its write end does not block then)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            return False
+        raise
+    os.close(fd)
+    return True
+
+
+def test_a_symlink_swapped_after_submission_fails_the_stage_before_it_starts(tmp_path):
+    home, outside = tmp_path / "home", tmp_path / "outside"
+    (home / "corpus").mkdir(parents=True)
+    (home / "corpus" / "a.txt").write_text("hello world\n" * 200)
+    outside.mkdir()
+    # outside, the same name as a FIFO: a reader opening it would block, so the stage could not end
+    os.mkfifo(outside / "a.txt")
+    import sys
+    svc = Service(home, f"sqlite:///{tmp_path / 'tinyforge.db'}", TINYFORGE_STAGE_SPECS=PY_ENGINE,
+                  TINYFORGE_ENGINE_COMMAND=f"{sys.executable} -m tinyforge.cli")
+    try:
+        job = svc.submit({"name": "swap", "stages": [{"kind": "train", "config": {
+            "model": {"preset": "micro"}, "data": {"sources": [str(home / "corpus" / "a.txt")]}, "steps": 2}}]})
+        stored = svc.job(job["id"])["stages"][0]["config"]["data"]["sources"]
+        assert stored == [str((home / "corpus" / "a.txt").resolve())]  # checked and stored at submission
+        # after submission, before any worker: the directory becomes a symlink leading out of the roots
+        (home / "corpus").rename(home / "corpus.orig")
+        (home / "corpus").symlink_to(outside)
+        svc.worker()
+        done = svc.wait(job["id"], timeout=120)
+        st = done["stages"][0]
+        assert done["status"] == "failed" and st["status"] == "failed", done
+        reason = done["failure_reason"] or ""
+        assert "config.data.sources.0" in reason and "outside the data roots" in reason, done
+        assert str(outside / "a.txt") in reason, reason
+        logs = svc.http.get(f"/v1/jobs/{job['id']}/logs").text
+        assert "config.data.sources.0" in logs, logs[-2000:]
+        assert not (home / "runs").exists() or not list((home / "runs").rglob("run.json"))  # the engine never ran
+        time.sleep(0.5)
+        assert not _fifo_has_reader(outside / "a.txt")  # and nothing holds the file outside open
+    finally:
+        svc.close()
