@@ -12,6 +12,7 @@ import logging
 import math
 import re
 import shlex
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,15 +22,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from service.db.models import Artifact, Job, LogLine, MetricPoint, Stage, new_id
 from service.services import lifecycle
+from service.settings import Settings
+from service.worker.lease import Lease, LeaseLost
 
 METRICS_BLOCK = 8 << 20  # bytes of metrics.jsonl one flush (one transaction) reads
 log = logging.getLogger("tinyforge.worker")
 MAX_LINE = 16_384
 EXIT_CLASS = {2: "user", 3: "infra", 143: "preempted"}  # anything else: infra
-
-
-class LeaseLost(Exception):
-    pass
 
 
 @dataclass
@@ -66,15 +65,18 @@ def _finite(value):
 
 
 class StageMonitor:
-    """Watches one running stage process until it exits (or must be stopped)."""
+    """Watches one running stage process until it exits (or must be stopped). Every write goes through
+    the attempt's lease, the same one the runner holds (lease.py)."""
 
-    def __init__(self, runner, job: Job, st: Stage, run_dir: Path, proc, metrics_offset: int,
-                 last_steps: dict):
-        self.r, self.job, self.st, self.run_dir, self.proc = runner, job, st, run_dir, proc
+    def __init__(self, lease: Lease, settings: Settings, stop: threading.Event, worker_id: str, job: Job,
+                 st: Stage, run_dir: Path, proc, metrics_offset: int, last_steps: dict):
+        self.lease, self.settings, self.stop, self.worker_id = lease, settings, stop, worker_id
+        self.job, self.st, self.run_dir, self.proc = job, st, run_dir, proc
         self.offset = metrics_offset
         self.lines: list[tuple[str, float, str]] = []
         self.last_steps = last_steps  # (key, split) -> highest step stored
-        self.lines.append(("system", time.time(), f"attempt {runner.claim.number}, stage {st.name}: $ {shlex.join(proc.command)}"))
+        self.lines.append(("system", time.time(),
+                           f"attempt {lease.attempt}, stage {st.name}: $ {shlex.join(proc.command)}"))
         self.stderr_tail: collections.deque = collections.deque(maxlen=50)
         self.progress_mtime = 0.0
         self.stop_reason: str | None = None
@@ -139,7 +141,7 @@ class StageMonitor:
         """One fenced transaction: extend the lease, store lines/metrics/progress. Returns cancel_requested."""
         points, new_offset = self._read_metrics()
         progress = self._read_progress()
-        lines = [{"job_id": self.job.id, "stage_id": self.st.id, "attempt": self.r.claim.number, "stream": stream,
+        lines = [{"job_id": self.job.id, "stage_id": self.st.id, "attempt": self.lease.attempt, "stream": stream,
                   "time": t, "line": line[:MAX_LINE]} for stream, t, line in self.lines]
         # a stage resumed from a checkpoint recomputes the steps after it: the new values replace the old
         # ones, whether those are already stored (cut) or earlier in this batch
@@ -154,7 +156,7 @@ class StageMonitor:
             seen[k] = max(seen.get(k, p["step"]), p["step"])
             keep.append(p)
         points = keep
-        with self.r.write() as s:
+        with self.lease.write() as s:
             if lines:
                 s.execute(insert(LogLine), lines)
             for (key, split), step in cut.items():
@@ -177,7 +179,7 @@ class StageMonitor:
             self.proc.terminate()
 
     def run(self) -> Outcome:
-        settings = self.r.settings
+        settings = self.settings
         last_flush = 0.0
         lost = False
         while True:
@@ -196,12 +198,12 @@ class StageMonitor:
                     self._stop("lost")
                 except SQLAlchemyError as exc:  # keep the lines; retry next beat
                     log.warning("flush failed: %s", exc)
-                    if now - self.r.last_ok > settings.lease_s:
+                    if self.lease.expired(now):
                         lost = True
                         self._stop("lost")
             if self.job.time_limit_s and self.job.started_at and now - self.job.started_at > self.job.time_limit_s:
                 self._stop("time_limit")
-            if self.r.stop.is_set():
+            if self.stop.is_set():
                 self._stop("shutdown")
             if self.term_at and not self.killed and now - self.term_at > settings.cancel_grace_s:
                 self.proc.kill()
@@ -210,7 +212,7 @@ class StageMonitor:
             time.sleep(0.05)
         if lost:
             return Outcome("lost")
-        return self.r._retrying(lambda: self._record_exit(rc))
+        return self.lease.retrying(lambda: self._record_exit(rc))
 
     def _take_lines(self, final: bool = False) -> None:
         for stream, t, text in (self.proc.drain_final() if final else self.proc.drain()):
@@ -282,10 +284,10 @@ class StageMonitor:
                 row.eta_s = 0.0
                 s.add_all(artifacts)
                 lifecycle.add_event(s, self.job.id, "stage_succeeded", f"stage {self.st.name} succeeded",
-                                    self.r.claim.number, {"stage": self.st.name, "artifacts": len(artifacts)}, now)
+                                    self.lease.attempt, {"stage": self.st.name, "artifacts": len(artifacts)}, now)
             else:
                 lifecycle.add_event(s, self.job.id, "stage_ended", f"stage {self.st.name} exited {code}",
-                                    self.r.claim.number, {"stage": self.st.name, "exit_code": code}, now)
+                                    self.lease.attempt, {"stage": self.st.name, "exit_code": code}, now)
 
         while self._metrics_backlog() > METRICS_BLOCK:  # a flush reads one block: store the backlog first
             before = self.offset
@@ -300,7 +302,7 @@ class StageMonitor:
         if self.stop_reason == "time_limit":
             return Outcome("failed", "user", f"time limit of {self.job.time_limit_s:g}s exceeded", code)
         if self.stop_reason == "shutdown":
-            return Outcome("preempted", "preempted", f"worker {self.r.worker_id} shut down", code)
+            return Outcome("preempted", "preempted", f"worker {self.worker_id} shut down", code)
         if code == 0:
             return Outcome("failed", "infra", f"stage {self.st.name} {problem}", code)
         cls = EXIT_CLASS.get(code, "infra")

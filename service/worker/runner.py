@@ -1,11 +1,10 @@
 """Running one claimed attempt: its stages in order, each an engine subprocess (docs/engine-contract.md):
 resolve the stage's ${stages...} references, lock its run directory, launch it, watch it
-(monitor.py), and end the attempt. Every write first renews the lease for this attempt's token
-(`_fenced`): a runner that lost its lease stops its process and writes nothing more."""
+(monitor.py), and end the attempt. Every write goes through the attempt's lease (lease.py), shared
+with the monitor: a runner that lost its lease stops its process and writes nothing more."""
 from __future__ import annotations
 
 import collections
-import contextlib
 import fcntl
 import logging
 import os
@@ -15,7 +14,6 @@ from pathlib import Path
 
 import yaml
 from sqlalchemy import func, select, update
-from sqlalchemy.exc import SQLAlchemyError
 
 from engine.stages import STAGES
 from service import planning, refs
@@ -26,7 +24,8 @@ from service.settings import Settings
 from service.jobspec import STAGE_COMMANDS
 from service.worker import devices
 from service.worker.launchers import LaunchRequest, load_launcher
-from service.worker.monitor import LeaseLost, Outcome, StageMonitor
+from service.worker.lease import Lease, LeaseLost
+from service.worker.monitor import Outcome, StageMonitor
 from service.worker.scheduler import Claim
 
 log = logging.getLogger("tinyforge.worker")
@@ -35,46 +34,14 @@ log = logging.getLogger("tinyforge.worker")
 class AttemptRunner:
     def __init__(self, db: Database, settings: Settings, worker_id: str, claim: Claim, stop: threading.Event):
         self.db, self.settings, self.worker_id, self.claim, self.stop = db, settings, worker_id, claim, stop
-        self.last_ok = time.time()  # last time the lease was extended
-
-    # ------------------------------------------------------------ fencing
-
-    def _fenced(self, s, now: float) -> None:
-        moved = s.execute(update(Attempt).where(Attempt.id == self.claim.attempt_id,
-                                                Attempt.lease_token == self.claim.token,
-                                                Attempt.status == "running")
-                          .values(lease_expires_at=now + self.settings.lease_s, heartbeat_at=now)).rowcount
-        if moved != 1:
-            raise LeaseLost(f"attempt {self.claim.number} of job {self.claim.job_id} lost its lease")
-
-    @contextlib.contextmanager
-    def write(self):
-        now = time.time()
-        with self.db.write() as s:
-            self._fenced(s, now)
-            yield s
-        self.last_ok = now
-
-    def _retrying(self, fn):
-        """Run a fenced write (or a read), retrying through database outages until the lease would have
-        expired. Every database call of an attempt goes through here: an outage at any moment must neither
-        kill the worker nor leave a started stage unwatched."""
-        while True:
-            try:
-                return fn()
-            except LeaseLost:
-                raise
-            except SQLAlchemyError as exc:
-                if time.time() - self.last_ok > self.settings.lease_s:
-                    raise LeaseLost(f"database unreachable for longer than the lease: {exc}") from None
-                log.warning("database write failed, retrying: %s", exc)
-                time.sleep(min(1.0, self.settings.heartbeat_s))
+        # every database call of the attempt goes through the lease (and the monitor's too)
+        self.lease = Lease(db, claim, settings.lease_s, settings.heartbeat_s)
 
     # ------------------------------------------------------------ attempt
 
     def run(self) -> str:
         try:
-            job, stages = self._retrying(self._load)
+            job, stages = self.lease.retrying(self._load)
             outcome = Outcome("succeeded")
             for st in stages:
                 if st.status == "succeeded":
@@ -86,7 +53,7 @@ class AttemptRunner:
                 if outcome.status != "succeeded":
                     break
             if outcome.status != "lost":
-                self._retrying(lambda: self._finish(outcome))
+                self.lease.retrying(lambda: self._finish(outcome))
             return outcome.status
         except LeaseLost as exc:
             log.warning("%s; stopping", exc)
@@ -98,7 +65,7 @@ class AttemptRunner:
             return job, list(s.scalars(select(Stage).where(Stage.job_id == job.id).order_by(Stage.position)))
 
     def _finish(self, o: Outcome) -> None:
-        with self.write() as s:
+        with self.lease.write() as s:
             job, attempt = s.get(Job, self.claim.job_id), s.get(Attempt, self.claim.attempt_id)
             status = {"succeeded": "succeeded", "cancelled": "cancelled",
                       "preempted": "preempted"}.get(o.status, "failed")
@@ -170,7 +137,7 @@ class AttemptRunner:
                 os.close(fd)
                 return None
             try:
-                self._retrying(lambda: self._keep_lease(st, "" if said else f"stage {st.name}: waiting for a "
+                self.lease.retrying(lambda: self._keep_lease(st, "" if said else f"stage {st.name}: waiting for a "
                                                        "process of an earlier attempt to release the run directory"))
             except LeaseLost:
                 os.close(fd)  # a worker lives on after a lost attempt: do not leak the descriptor
@@ -179,7 +146,7 @@ class AttemptRunner:
             time.sleep(max(0.2, min(1.0, self.settings.heartbeat_s)))
 
     def _keep_lease(self, st: Stage, line: str) -> None:
-        with self.write() as s:
+        with self.lease.write() as s:
             if line:
                 lifecycle.system_log(s, st.job_id, line, st.id, self.claim.number)
 
@@ -187,7 +154,7 @@ class AttemptRunner:
         run_dir = Path(st.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         try:
-            config, inputs = self._retrying(lambda: self.resolve(st, stages))
+            config, inputs = self.lease.retrying(lambda: self.resolve(st, stages))
             # the paths again, resolved: a symlink swapped since submission must not lead the stage out
             # of the data roots (earlier stages' outputs, under runs/, are inputs too)
             planning.recheck_paths(self.settings.stage_specs, st.kind, config,
@@ -196,10 +163,10 @@ class AttemptRunner:
             reason = f"stage {st.name}: {exc.msg}"
 
             def fail(s_id=st.id):
-                with self.write() as s:
+                with self.lease.write() as s:
                     s.execute(update(Stage).where(Stage.id == s_id).values(status="failed"))
                     lifecycle.system_log(s, job.id, reason, s_id, self.claim.number)
-            self._retrying(fail)
+            self.lease.retrying(fail)
             return Outcome("failed", "user", reason)
         config_path = run_dir / "stage.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -242,18 +209,18 @@ class AttemptRunner:
             if time.time() > deadline:
                 return Outcome("failed", "infra", f"stage {st.name}: {count} {kind} device(s) still held by "
                                                   "other stages on this host")
-            self._retrying(lambda: self._keep_lease(st, "" if said else f"stage {st.name}: waiting for {count} "
+            self.lease.retrying(lambda: self._keep_lease(st, "" if said else f"stage {st.name}: waiting for {count} "
                                                    f"free {kind} device(s) on this host"))
             said = True
             time.sleep(max(0.2, min(1.0, self.settings.heartbeat_s)))
 
         def note():
-            with self.write() as s:
+            with self.lease.write() as s:
                 lifecycle.add_event(s, job.id, "devices_assigned", f"stage {st.name} on {kind} {','.join(held.ids)}",
                                     self.claim.number, {"stage": st.name, "kind": kind, "ids": held.ids,
                                                         "env": held.env, "worker": self.worker_id})
         try:
-            self._retrying(note)
+            self.lease.retrying(note)
         except LeaseLost:
             held.release()
             raise
@@ -274,7 +241,7 @@ class AttemptRunner:
                             time_limit_s=job.time_limit_s, pass_fds=(lock_fd, *(held.fds if held else ())),
                             options=spec_resources.get(job.launcher) or {},
                             output_stem=f"logs/attempt-{self.claim.number}")
-        started = self._retrying(lambda: self._mark_started(job, st, config, inputs))
+        started = self.lease.retrying(lambda: self._mark_started(job, st, config, inputs))
         if started is None:
             return Outcome("cancelled", reason="cancelled on request")
         metrics_offset, last_steps = started
@@ -284,18 +251,19 @@ class AttemptRunner:
             return Outcome("failed", "infra", f"stage {st.name}: could not start {argv[0]}: {exc}")
 
         def store_launch_id():
-            with self.write() as s:
+            with self.lease.write() as s:
                 s.execute(update(Stage).where(Stage.id == st.id).values(launch_id=proc.id))
         try:
-            self._retrying(store_launch_id)
+            self.lease.retrying(store_launch_id)
         except LeaseLost:
             proc.terminate()  # the monitor's first flush sees the lost lease and finishes stopping it
-        return StageMonitor(self, job, st, run_dir, proc, metrics_offset, last_steps).run()
+        return StageMonitor(self.lease, self.settings, self.stop, self.worker_id, job, st, run_dir, proc,
+                            metrics_offset, last_steps).run()
 
     def _mark_started(self, job, st, config, inputs) -> tuple[int, dict] | None:
         """The stage is running (None: a cancel is pending); returns what of its metrics is stored."""
         now = time.time()
-        with self.write() as s:
+        with self.lease.write() as s:
             if s.scalar(select(Job.cancel_requested).where(Job.id == job.id)):
                 return None
             row = s.get(Stage, st.id)
