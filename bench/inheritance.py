@@ -60,16 +60,12 @@ def val_curve(run_dir: Path) -> list[tuple[int, float]]:
 def step0_loss(checkpoint: Path, spec: TrainSpec) -> float:
     """Held-out loss of a checkpoint on exactly the windows the trainer evaluates."""
     from engine.backend import resolve
-    from engine.data import TokenData, prepare
-    from engine.model import GPT
-    from engine.paths import state_home
-    from engine.tokenizers import load_tokenizer
+    from engine.data import TokenData, prepare_data
+    from engine.evaluate import load_model
     from engine.train import evaluate
 
-    manifest, parts = ckpt.load(checkpoint, ("model",))
-    model = GPT(ModelConfig.from_dict(manifest["model_config"]))
-    model.load_state_dict(parts["model"])
-    root = prepare(spec.data.sources, load_tokenizer("byte"), state_home() / "datasets", log=lambda *a: None)
+    model, _ = load_model(checkpoint)
+    root, _ = prepare_data(spec.data, log=lambda *a: None)
     val = TokenData.open(root, "val", SEQ)
     return evaluate(model, val, EVAL_BATCHES, BATCH, resolve("cpu", "fp32"))["loss"]
 

@@ -40,7 +40,8 @@ from engine.backend import resolve  # noqa: E402
 from engine.data import BatchSampler, TokenData  # noqa: E402
 from engine.plots import plt  # noqa: E402
 from engine.rounds.run import run_rounds  # noqa: E402
-from engine.rounds.score import load_frozen, sequence_losses  # noqa: E402
+from engine.evaluate import load_model  # noqa: E402
+from engine.rounds.score import sequence_losses  # noqa: E402
 from engine.rounds.spec import RoundsSpec  # noqa: E402
 from engine.run_record import read_metrics  # noqa: E402
 from engine.spec import TrainSpec  # noqa: E402
@@ -63,7 +64,7 @@ def quiet(*a, **k):
 
 
 def mean_loss(checkpoint: str, data: TokenData, windows: np.ndarray, backend) -> float:
-    model, _ = load_frozen(checkpoint, backend)
+    model, _ = load_model(checkpoint, backend, frozen=True)
     losses = [sequence_losses(model, *data.batch(windows[i:i + SCORE_MICRO]), backend)
               for i in range(0, len(windows), SCORE_MICRO)]
     return float(torch.cat(losses).mean())
@@ -72,8 +73,7 @@ def mean_loss(checkpoint: str, data: TokenData, windows: np.ndarray, backend) ->
 def back_to_back_throughput(checkpoint: str, data: TokenData, backend, repeats: int = 3, steps: int = 4) -> dict:
     """Training steps (forward + backward + AdamW, micro batch 16) and scoring passes (forward, 64
     sequences a pass) on the same model and windows, alternated so that machine load hits both alike."""
-    model, _ = load_frozen(checkpoint, backend)
-    model.train().requires_grad_(True)
+    model, _ = load_model(checkpoint, backend)  # trainable
     opt = backend.ops.adamw(param_groups(model, 0.1), lr=1e-4)
     windows = np.arange(steps * SCORE_MICRO)
     train_tps, score_tps = [], []
@@ -158,7 +158,7 @@ def main():
     seen = args.round1_steps
     early = np.concatenate([sampler.windows(b, epoch=0) for b in range(seen // 10)])
     pool = np.concatenate([sampler.windows(b, epoch=0) for b in range(0, seen, 5)])
-    fpt = flops_per_token(load_frozen(r1["checkpoint"], backend)[0].config, 128)
+    fpt = flops_per_token(load_model(r1["checkpoint"], backend)[0].config, 128)
 
     rows = [("round 1 only", r1["val_loss"], r1["val_bpb"], mean_loss(r1["checkpoint"], data, early, backend),
              mean_loss(r1["checkpoint"], data, pool, backend), 0, 0.0, r1["flops"], None)]

@@ -37,11 +37,10 @@ sys.path.insert(0, str(REPO))
 from engine.arch import flops_per_token, measured_matmul_peak  # noqa: E402
 from engine.backend import bf16_native, resolve  # noqa: E402
 from engine.config import model_config  # noqa: E402
-from engine.data import BatchSampler, TokenData, prepare  # noqa: E402
+from engine.data import BatchSampler, TokenData, prepare_data  # noqa: E402
 from engine.paths import BUNDLED_CORPUS  # noqa: E402
 from engine.run_record import read_metrics  # noqa: E402
 from engine.spec import TrainSpec  # noqa: E402
-from engine.tokenizers import load_tokenizer  # noqa: E402
 from engine.train import train  # noqa: E402
 
 ROWS = {
@@ -150,9 +149,9 @@ def hf_tokens_per_s(row: dict, cfg, backend, data: TokenData, compile_: bool) ->
 
 
 def score_tokens_per_s(run_dir: Path, data: TokenData, backend, seconds: float = 8.0) -> float:
-    from engine import checkpoint as ckpt
-    from engine.rounds.score import load_frozen, sequence_losses
-    model, _ = load_frozen(ckpt.list_checkpoints(run_dir / "checkpoints")[-1], backend)
+    from engine.evaluate import load_model
+    from engine.rounds.score import sequence_losses
+    model, _ = load_model(run_dir, backend, frozen=True)  # the run's newest checkpoint
     micro = 64  # the multi-round scoring micro batch (bench/multiround.py)
     windows = np.arange(min(len(data), 4 * micro))
     sequence_losses(model, *data.batch(windows[:micro]), backend)  # warm-up
@@ -170,9 +169,7 @@ def measure_row(name: str, args, work: Path) -> dict | None:
     spec = spec_for(row, args, 1, 1)
     backend = resolve(spec.backend, spec.precision)
     cfg = model_config(row["preset"], **row["overrides"])
-    tokenizer = load_tokenizer("byte")
-    data_dir = prepare(spec.data.sources, tokenizer, work / "datasets", spec.data.val_fraction,
-                       spec.data.chunk_bytes, log=lambda *a, **k: None)
+    data_dir, _ = prepare_data(spec.data, log=lambda *a, **k: None)  # the cache the engine's runs use
     data = TokenData.open(data_dir, "train", row["seq"], vocab_limit=cfg.vocab_size)
     for attempt in range(1, args.attempts + 1):
         load0 = os.getloadavg()[0]

@@ -6,14 +6,12 @@ from pathlib import Path
 import torch
 
 from engine import checkpoint as ckpt
-from engine.backend import resolve
+from engine.backend import Backend, resolve
 from engine.config import ModelConfig
-from engine.data import TokenData, prepare
+from engine.data import TokenData, prepare_data
 from engine.model import GPT
-from engine.paths import state_home
 from engine.run_record import RunRecord
 from engine.spec import EvalSpec
-from engine.tokenizers import load_tokenizer
 from engine.train import evaluate
 
 
@@ -31,12 +29,17 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return p
 
 
-def load_model(path: str | Path, backend=None) -> tuple[GPT, dict]:
-    path = resolve_checkpoint(path)
-    manifest, parts = ckpt.load(path, ("model",))
+def load_model(path: str | Path, backend: Backend | None = None, frozen: bool = False) -> tuple[GPT, dict]:
+    """The model a checkpoint (or a run directory: its newest valid one) holds, and its manifest: with the
+    backend's ops and on its device when given; `frozen`: in eval mode without gradients (scoring)."""
+    manifest, parts = ckpt.load(resolve_checkpoint(path), ("model",))
     cfg = ModelConfig.from_dict(manifest["model_config"])
     model = GPT(cfg, backend.ops) if backend else GPT(cfg)
     model.load_state_dict(parts["model"])
+    if backend:
+        model.to(backend.device)
+    if frozen:
+        model.eval().requires_grad_(False)
     return model, manifest
 
 
@@ -45,10 +48,7 @@ def run_eval(spec: EvalSpec, out_dir: str | Path, log=print) -> dict:
     record = RunRecord(out_dir)
     path = resolve_checkpoint(spec.checkpoint)
     model, manifest = load_model(path, backend)
-    model.to(backend.device)
-    tokenizer = load_tokenizer(spec.data.tokenizer)
-    cache = Path(spec.data.cache_dir) if spec.data.cache_dir else state_home() / "datasets"
-    data_dir = prepare(spec.data.sources, tokenizer, cache, spec.data.val_fraction, spec.data.chunk_bytes, log=log)
+    data_dir, _ = prepare_data(spec.data, log=log)
     cfg = model.config
     val = TokenData.open(data_dir, "val", cfg.block_size, vocab_limit=cfg.vocab_size)
     record.start("eval", spec.model_dump(mode="json"), backend=backend.describe(), checkpoint=str(path))

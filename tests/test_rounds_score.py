@@ -20,7 +20,8 @@ from tests.conftest import SAMPLE
 from engine.backend import resolve
 from engine.data import BatchSampler, TokenData
 from engine.rounds.run import Stage, sample_scores, score_checkpoint
-from engine.rounds.score import load_frozen, sequence_losses
+from engine.evaluate import load_model
+from engine.rounds.score import sequence_losses
 from engine.rounds.spec import RoundsSpec
 from engine.spec import SpecError, parse
 from engine.train import Preempted
@@ -45,7 +46,7 @@ def checkpoint(trained_run):
 
 def test_sequence_losses_are_the_models_loss(checkpoint, trained_run):
     backend = resolve("cpu", "fp32")
-    model, manifest = load_frozen(checkpoint, backend)
+    model, manifest = load_model(checkpoint, backend, frozen=True)
     data = TokenData.open(Path(manifest["data_dir"]), "train", model.config.block_size)
     x, y = data.batch(BatchSampler(len(data), 8, 1337).windows(3, epoch=0))
     per_seq = sequence_losses(model, x, y, backend)

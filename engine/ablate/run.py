@@ -27,13 +27,12 @@ from engine.ablate.shapes import check_matched, match_shape, shape_dict
 from engine.ablate.spec import AblateSpec
 from engine.arch import count_params, flops_per_token
 from engine.config import ModelConfig, padded_vocab
-from engine.data import TokenData, list_files, prepare
+from engine.data import TokenData, list_files, prepare_data
 from engine.inherit.run import DATA_DEPTH, DATA_WIDTH
 from engine.ngram import ngram_floors
 from engine.paths import state_home
-from engine.run_record import RunRecord, write_json_atomic
-from engine.spec import TrainSpec
-from engine.tokenizers import load_tokenizer
+from engine.run_record import RunObserver, RunRecord
+from engine.spec import DataSpec, TrainSpec
 
 CALIB_BATCHES = 8
 
@@ -102,8 +101,8 @@ class Ablation:
 
     def dataset(self, tokenizer: str) -> dict:
         """The tokenised corpus, its sizes, bytes per token, and the held-out unigram / bigram floors."""
-        tok = load_tokenizer(tokenizer)
-        root = prepare(self.spec.sources, tok, self.cache, self.sc.val_fraction, log=lambda m: self.log(f"  data: {m}"))
+        root, tok = prepare_data(DataSpec(sources=self.spec.sources, tokenizer=tokenizer, cache_dir=str(self.cache),
+                                          val_fraction=self.sc.val_fraction), log=lambda m: self.log(f"  data: {m}"))
         meta = json.loads((root / "meta.json").read_text())
         val = TokenData.open(root, "val", self.sc.seq_len)
         floors = ngram_floors(root, seq_len=self.sc.seq_len)  # exactly the targets every arm is scored on
@@ -357,6 +356,17 @@ class Job:
     threads: int
 
 
+class WallTime(RunObserver):
+    """Adds the run's wall time to its summary before result.json, the run's done marker, is written (once,
+    atomically): a run with a result.json is a finished run with all its fields."""
+
+    def __init__(self):
+        self.t0 = time.time()
+
+    def on_result(self, result: dict) -> dict:
+        return {**result, "summary": {**result["summary"], "seconds": round(time.time() - self.t0, 1)}}
+
+
 def run_job(job: Job) -> dict:
     """Run `job` (in a worker process, or inline) unless it finished before; its summary, with its wall time."""
     done = _done(job.run_dir, job.kind, job.config)
@@ -364,16 +374,14 @@ def run_job(job: Job) -> dict:
         return done["summary"]
     torch.set_num_threads(job.threads)
     log = lambda m, *a, **k: print(f"  {job.name}: {m}", file=sys.stderr, flush=True)  # noqa: E731
-    t = time.time()
     if job.kind == "train":
         from engine.train import train
-        res = train(TrainSpec.model_validate(job.config), job.run_dir, show_progress=False, log=log)
+        res = train(TrainSpec.model_validate(job.config), job.run_dir, show_progress=False, log=log,
+                    observer=WallTime())
     else:
         from engine.rounds.run import run_rounds
         from engine.rounds.spec import RoundsSpec
-        res = run_rounds(RoundsSpec.model_validate(job.config), job.run_dir, log=log)
-    res["summary"]["seconds"] = round(time.time() - t, 1)
-    write_json_atomic(job.run_dir / "result.json", res)
+        res = run_rounds(RoundsSpec.model_validate(job.config), job.run_dir, log=log, observer=WallTime())
     return res["summary"]
 
 

@@ -22,14 +22,13 @@ from engine import distributed
 from engine.arch import flops_per_token
 from engine.backend import resolve
 from engine.config import ModelConfig
-from engine.data import BatchSampler, SubsetSampler, TokenData, load_batch_ids, prepare
-from engine.paths import state_home
+from engine.data import BatchSampler, SubsetSampler, TokenData, load_batch_ids, prepare_data
+from engine.evaluate import load_model
 from engine.rounds import sample as sampling
 from engine.rounds.plots import forgetting_curve, score_histogram
-from engine.rounds.score import batch_scores, fingerprint, load_frozen, score_windows
+from engine.rounds.score import batch_scores, fingerprint, score_windows
 from engine.rounds.spec import RoundsSpec
-from engine.run_record import RunRecord, read_metrics, write_json_atomic
-from engine.tokenizers import load_tokenizer
+from engine.run_record import RunObserver, RunRecord, read_metrics, write_json_atomic
 from engine.train import resolve_model_config, train
 
 
@@ -56,25 +55,26 @@ def read_result(rdir: Path) -> dict | None:
 class Stage:
     """What every round shares: the spec, the world, the backend, the tokenised data and the record."""
 
-    def __init__(self, spec: RoundsSpec, out_dir: str | Path, log=print, show_progress: bool | None = False):
+    def __init__(self, spec: RoundsSpec, out_dir: str | Path, log=print, show_progress: bool | None = False,
+                 observer: RunObserver | None = None):
         self.spec, self.out = spec, Path(out_dir).resolve()  # round checkpoints are recorded absolute
         self.world = distributed.world_from_env()
         self.backend = resolve(spec.backend, spec.precision, spec.ops, self.world.local_rank)
         distributed.init(self.world, self.backend.process_group,
                          single_process_group=spec.parallel.strategy.startswith("zero"))
-        self.record = RunRecord(self.out, enabled=self.world.is_main)
+        self.record = RunRecord(self.out, enabled=self.world.is_main, observer=observer)
         self.log = log if self.world.is_main else (lambda *a, **k: None)
         self.show_progress = show_progress
-        tokenizer = load_tokenizer(spec.data.tokenizer)
-        cache = Path(spec.data.cache_dir) if spec.data.cache_dir else state_home() / "datasets"
-        self.data_dir = prepare(spec.data.sources, tokenizer, cache, spec.data.val_fraction, spec.data.chunk_bytes,
-                                log=self.log)
+        self.data_dir, tokenizer = prepare_data(spec.data, log=self.log)
         self.cfg, _ = resolve_model_config(spec, tokenizer.vocab_size)
         self.vocab = tokenizer.vocab_size
         self.seq_len = spec.seq_len or self.cfg.block_size
         self.train_data = TokenData.open(self.data_dir, "train", self.seq_len, vocab_limit=self.cfg.vocab_size)
         self.sampler = BatchSampler(len(self.train_data), spec.batch_size, spec.seed)
-        self.mirror = MetricsMirror(self.out) if self.world.is_main else None
+        # the last global step of each split in the stage's metrics: a resumed round repeats steps
+        self.last_step: dict[str, int] = {}
+        for r in read_metrics(self.out) if self.world.is_main else ():
+            self.last_step[r.get("split")] = max(self.last_step.get(r.get("split"), -1), r["step"])
         self.on_chunk = None  # optional observer of scoring progress: on_chunk(done, total)
 
     # --- the pool ---------------------------------------------------------------------------
@@ -142,7 +142,7 @@ class Stage:
         models = [("model", checkpoint)] + ([("reference", spec.reference)] if spec.score == "reducible" else [])
         losses, stats = None, {"tokens": 0, "seconds": 0.0, "flops": 0.0, "chunks": 0, "resumed_chunks": 0}
         for name, path in models:
-            model, manifest = load_frozen(path, self.backend)
+            model, manifest = load_model(path, self.backend, frozen=True)
             if model.config.vocab_size < self.vocab:
                 raise ValueError(f"reference: {path} has {model.config.vocab_size} vocabulary rows, fewer than the "
                                  f"tokenizer's {self.vocab}")
@@ -237,34 +237,9 @@ class Stage:
     def train_round(self, k: int, rdir: Path, tspec, offset: int, total: int, extra: dict) -> dict:
         done = read_result(rdir)
         if done and done.get("kind") == "round":
-            if self.mirror:
-                self.mirror.copy(rdir, k, offset)
             return done
-
-        def log(msg):
-            self.log(f"round {k}: {msg}")
-            if self.mirror:
-                self.mirror.copy(rdir, k, offset)
-                p = _read_json(rdir / "progress.json")
-                if p:
-                    self.record.progress(offset + p["step"], total, p.get("eta_s"), f"round {k}: train")
-
-        result = train(tspec, rdir, show_progress=self.show_progress, log=log)
-        if not self.world.is_main:
-            return result
-        self.mirror.copy(rdir, k, offset)
-        rows = [r["tokens_per_s"] for r in read_metrics(rdir) if r.get("split") == "train" and "tokens_per_s" in r]
-        artifacts = list(result["artifacts"])
-        for name, file, typ in (("selected_ids", "selected_ids.npy", "data"), ("pool_ids", "pool_ids.npy", "data"),
-                                ("selection", "selection.json", "report"),
-                                ("score_histogram", "score_hist.png", "plot")):
-            if (rdir / file).exists():
-                artifacts.append({"name": name, "path": file, "type": typ})
-        result = {**result, "kind": "round", "artifacts": artifacts,
-                  "summary": {**result["summary"], "round": k, "global_step_offset": offset,
-                              "train_tokens_per_s": statistics.median(rows[1:] or rows) if rows else None, **extra}}
-        write_json_atomic(rdir / "result.json", result)
-        return result
+        return train(tspec, rdir, show_progress=self.show_progress, log=lambda msg: self.log(f"round {k}: {msg}"),
+                     observer=RoundObserver(self, k, rdir, offset, total, extra))
 
     def continued_lr(self, parent: str) -> float:
         """The last learning rate of the run that wrote `parent` (lr_schedule: constant)."""
@@ -275,40 +250,46 @@ class Stage:
         return self.spec.optim.lr * self.spec.optim.min_lr_ratio
 
 
-class MetricsMirror:
-    """Copies each round's metrics.jsonl rows into the stage's, at global steps with a `round` field,
-    skipping rows already there (a resumed round repeats steps), so the service sees one series."""
+class RoundObserver(RunObserver):
+    """Follows round k's train run as it records: its metrics go into the stage's at global steps with a
+    `round` field (steps the stage has are skipped: a resumed round repeats them), so the service sees one
+    series; its progress becomes the stage's; and its result.json is written once as the round's (kind
+    `round`, the selection's files, the round's figures), so a round with a result.json is finished."""
 
-    def __init__(self, out: Path):
-        self.path = out / "metrics.jsonl"
-        self.last: dict[str, int] = {}
-        for r in read_metrics(out):
-            self.last[r.get("split")] = max(self.last.get(r.get("split"), -1), r["step"])
-        self.cursor: dict[Path, int] = {}
+    def __init__(self, stage: Stage, k: int, rdir: Path, offset: int, total: int, extra: dict):
+        self.stage, self.k, self.rdir, self.offset, self.total, self.extra = stage, k, rdir, offset, total, extra
+        self.tokens_per_s: list[float] = []
 
-    def copy(self, rdir: Path, k: int, offset: int) -> None:
-        src = rdir / "metrics.jsonl"
-        if not src.exists():
-            return
-        with open(src, "rb") as f:
-            f.seek(self.cursor.get(rdir, 0))
-            data = f.read()
-        end = data.rfind(b"\n") + 1
-        self.cursor[rdir] = self.cursor.get(rdir, 0) + end
-        out = []
-        for line in data[:end].splitlines():
-            row = json.loads(line)
-            row["step"] += offset
-            if row["step"] > self.last.get(row.get("split"), -1):
-                self.last[row.get("split")] = row["step"]
-                out.append(json.dumps({**row, "round": k}))
-        if out:
-            with open(self.path, "a") as f:
-                f.write("\n".join(out) + "\n")
+    def on_metric(self, row: dict) -> None:
+        if row.get("split") == "train" and "tokens_per_s" in row:
+            self.tokens_per_s.append(row["tokens_per_s"])
+        row = {**row, "step": row["step"] + self.offset, "round": self.k}
+        last = self.stage.last_step
+        if row["step"] > last.get(row.get("split"), -1):
+            last[row.get("split")] = row["step"]
+            self.stage.record.metric(**row)
+
+    def on_progress(self, row: dict) -> None:
+        self.stage.record.progress(self.offset + row["step"], self.total, row["eta_s"], f"round {self.k}: train")
+
+    def on_result(self, result: dict) -> dict:
+        artifacts = list(result["artifacts"])
+        for name, file, typ in (("selected_ids", "selected_ids.npy", "data"), ("pool_ids", "pool_ids.npy", "data"),
+                                ("selection", "selection.json", "report"),
+                                ("score_histogram", "score_hist.png", "plot")):
+            if (self.rdir / file).exists():
+                artifacts.append({"name": name, "path": file, "type": typ})
+        rates = self.tokens_per_s  # the first interval holds the warm-up: left out when there are others
+        return {**result, "kind": "round", "artifacts": artifacts,
+                "summary": {**result["summary"], "round": self.k, "global_step_offset": self.offset,
+                            "train_tokens_per_s": statistics.median(rates[1:] or rates) if rates else None,
+                            **self.extra}}
 
 
-def run_rounds(spec: RoundsSpec, out_dir: str | Path, log=print, show_progress: bool | None = False) -> dict:
-    st = Stage(spec, out_dir, log, show_progress)
+def run_rounds(spec: RoundsSpec, out_dir: str | Path, log=print, show_progress: bool | None = False,
+               observer: RunObserver | None = None) -> dict:
+    """`observer` sees the stage's own records (engine/run_record.py RunObserver)."""
+    st = Stage(spec, out_dir, log, show_progress, observer)
     out, world = st.out, st.world
     st.record.start("rounds", spec.model_dump(mode="json"), backend=st.backend.describe(), world_size=world.size,
                     data_dir=str(st.data_dir))

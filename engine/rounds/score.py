@@ -22,24 +22,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from engine import checkpoint as ckpt
 from engine.backend import Backend
-from engine.config import ModelConfig
 from engine.data import TokenData
 from engine.distributed import World, barrier
 from engine.model import GPT
 from engine.run_record import write_json_atomic
 
 LOGIT_BYTES = 256 << 20  # fp32 logits materialised at once while scoring
-
-
-def load_frozen(checkpoint: str | Path, backend: Backend) -> tuple[GPT, dict]:
-    """The checkpoint's model in eval mode without gradients, and its manifest."""
-    manifest, parts = ckpt.load(Path(checkpoint), ("model",))
-    model = GPT(ModelConfig.from_dict(manifest["model_config"]), backend.ops)
-    model.load_state_dict(parts["model"])
-    model.to(backend.device).eval().requires_grad_(False)
-    return model, manifest
 
 
 @torch.inference_mode()
@@ -74,7 +63,7 @@ class ScorePass:
 def fingerprint(manifest: dict, data_dir: Path, windows: np.ndarray, seq_len: int, chunk: int,
                 precision: str) -> dict:
     """What a pass's chunks depend on; chunks recorded under another fingerprint are discarded."""
-    return {"model": manifest["files"].get("model.pt"), "data_dir": str(data_dir), "seq_len": seq_len,
+    return {"model": manifest["files"].get("model.safetensors"), "data_dir": str(data_dir), "seq_len": seq_len,
             "chunk": chunk, "n_windows": int(len(windows)), "precision": precision,
             "windows_sha256": hashlib.sha256(np.ascontiguousarray(windows, dtype=np.int64)).hexdigest()}
 
