@@ -24,6 +24,36 @@ def world_from_env() -> World:
                  int(os.environ.get("LOCAL_RANK", 0)))
 
 
+def physical_cores() -> int:
+    """Physical cores this process may run on (SMT siblings counted once): torch's intra-op threads beyond
+    that only contend for the same execution units."""
+    cpus = os.sched_getaffinity(0)
+    cores = set()
+    for cpu in cpus:
+        topo = f"/sys/devices/system/cpu/cpu{cpu}/topology/"
+        try:
+            with open(topo + "physical_package_id") as pkg, open(topo + "core_id") as core:
+                cores.add((pkg.read().strip(), core.read().strip()))
+        except OSError:
+            return len(cpus)
+    return len(cores) or len(cpus)
+
+
+def choose_cpu_threads(env=os.environ) -> tuple[int | None, str]:
+    """Intra-op threads for one training process on a CPU, and why (None: keep torch's setting): with
+    TINYFORGE_THREADS, that; with several processes on this machine (LOCAL_WORLD_SIZE, set by torchrun), the
+    physical cores divided among them, never oversubscribed (torchrun's own default, 1 a process, leaves
+    cores idle); alone, torch's own choice (its physical cores, OMP_NUM_THREADS, or what an in-process
+    caller such as the ablation's worker pool set)."""
+    if env.get("TINYFORGE_THREADS"):
+        return max(1, int(env["TINYFORGE_THREADS"])), "TINYFORGE_THREADS"
+    local = int(env.get("LOCAL_WORLD_SIZE", 1))
+    if local > 1:
+        cores = physical_cores()
+        return max(1, cores // local), f"{cores} physical cores / {local} processes on this machine"
+    return None, f"one process; {physical_cores()} physical cores"
+
+
 def bind_device(kind: str, local_rank: int) -> torch.device:
     """This rank's device, made current. Triton (and Liger) launch on the current device, not the
     tensors', and HCCL wants torch.npu.set_device before the process group starts: without this every

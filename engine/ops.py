@@ -67,6 +67,7 @@ def fused_adamw(param_groups, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, w
 IMPLEMENTATIONS: dict[str, str] = {
     "torch": "engine.ops",
     "chunked": "engine.chunked_ops",
+    "cpu": "engine.cpu_ops",
     "triton": "cuda_fallback.ops",
     "liger": "cuda_fallback.liger",
     "npu": "npu_kernels.ops",

@@ -17,7 +17,7 @@ from engine.paths import BUNDLED_CORPUS
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-OpImpl = Literal["torch", "chunked", "triton", "liger", "npu"]
+OpImpl = Literal["torch", "chunked", "cpu", "triton", "liger", "npu"]
 MEMORY_LIMIT_ENV = "TINYFORGE_MEMORY_LIMIT_GB"
 COUNTER_MAX = 2**63 - 1  # token and FLOP counters are int64 in numpy/torch
 # fp16 needs dynamic loss scaling on every path, and the chunked loss keeps its logit gradient (values

@@ -131,6 +131,12 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
         from engine import determinism
         determinism.enable()
     backend = resolve(spec.backend, spec.precision, spec.ops, world.local_rank)
+    threads = None
+    if backend.device.type == "cpu":
+        chosen, why = distributed.choose_cpu_threads()
+        if chosen:
+            torch.set_num_threads(chosen)
+        threads = {"intra_op": torch.get_num_threads(), "why": why}
     distributed.init(world, backend.process_group, single_process_group=spec.parallel.strategy.startswith("zero"),
                      device=backend.device)
     record = RunRecord(out_dir, enabled=world.is_main, observer=observer)
@@ -231,9 +237,12 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
                  model_config=cfg.to_dict(), params={"total": counts.total, "embedding": counts.embedding,
                                                      "body": counts.body}, data_dir=str(data_dir),
                  tokens_per_step=spec.batch_size * seq_len, device_peak_flops=peak,
-                 device_peak_source=peak_source, deterministic=spec.deterministic, lr_schedule=schedule)
+                 device_peak_source=peak_source, deterministic=spec.deterministic, lr_schedule=schedule,
+                 threads=threads)
     say(f"model {counts.total / 1e6:.2f}M params ({counts.embedding_share:.0%} embedding+head), "
         f"backend {backend.describe()}")
+    if threads:
+        say(f"threads {threads['intra_op']}: {threads['why']}")
     say(f"{'warning: ' if 'expect' in backend.notes['precision_choice'] else ''}precision "
         f"{backend.describe()['precision']}: {backend.notes['precision_choice']}")
     compiled["on"], why, est = compiling.decide(
