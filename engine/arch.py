@@ -59,6 +59,35 @@ def training_memory_bytes(cfg: ModelConfig, micro_batch: int, seq_len: int, auto
             "total": states + L * per_layer + logits}
 
 
+def human_bytes(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 / 10 else f"{n / 2**20:.1f} MiB"
+
+
+def memory_fit_error(cfg: ModelConfig, micro_batch: int, seq_len: int, batch_size: int, limit: float, source: str, *,
+                     autocast: bool, fused_ce: bool, shards: int | None = 1) -> tuple[str, str] | None:
+    """The one memory-fit check, run when a train config is validated (against the planned limit) and again
+    when training starts (against the device's free memory): (field, message) when the estimate says training
+    cannot fit in `limit` bytes, else None. `shards`: devices that ZeRO splits weights, gradients and AdamW
+    moments over; None when unknown (validation does not know the world size): those are then not counted.
+    The estimate is a lower bound, so a refusal is certain and a pass is not a promise."""
+    where = f"the limit {human_bytes(limit)} ({source})"
+    n = count_params(cfg).total
+    if shards is not None and 16 * n / shards > limit:
+        count = f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+        return "model", (f"{count} parameters need {human_bytes(16 * n / shards)} for weights, gradients and AdamW "
+                         f"moments (16 bytes each) alone, over {where}")
+    need = training_memory_bytes(cfg, micro_batch, seq_len, autocast, fused_ce)
+    states = 0 if shards is None else need["weights_grads_optimizer"] / shards
+    total = states + need["activations"] + need["logits"]
+    if total > limit:
+        return "micro_batch", (f"training memory estimate {human_bytes(total)} (weights+optimizer "
+                               f"{human_bytes(states)}, activations {human_bytes(need['activations'])}, logits "
+                               f"{human_bytes(need['logits'])} at micro_batch={micro_batch}, seq_len={seq_len}; "
+                               f"batch_size={batch_size}) exceeds {where}; lower micro_batch (batch_size is reached "
+                               "by accumulation) or seq_len")
+    return None
+
+
 def shapes_for_budget(budget: float, vocab: int, tolerance: float = 0.1, heads_dim: int = 128,
                       ratios=(8 / 3,), depths=range(4, 65)) -> list[ModelConfig]:
     """Depth x width combinations whose total parameters are within `tolerance` of `budget`;

@@ -37,10 +37,6 @@ def plan_memory_limit() -> tuple[float, str]:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "memory_limit_gb unset: this machine's RAM"
 
 
-def human_bytes(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 / 10 else f"{n / 2**20:.1f} MiB"
-
-
 def field_error(model: str, field: str, value, message: str) -> ValidationError:
     """A validation error located at `field` (a model validator's own errors would sit at the root)."""
     return ValidationError.from_exception_data(model, [InitErrorDetails(
@@ -201,7 +197,7 @@ class TrainSpec(Strict):
     def _check_sizes(self):
         """Refuse what cannot fit: a counter overflow, parameters or a training-memory estimate over the
         limit (memory_limit_gb, else plan_memory_limit()). The estimate is a lower bound (engine/arch.py)."""
-        from engine.arch import count_params, training_memory_bytes
+        from engine.arch import memory_fit_error
         name = type(self).__name__
         cfg = self._planned_model()
         seq_len = self.seq_len or (cfg.block_size if cfg else 1)
@@ -214,25 +210,13 @@ class TrainSpec(Strict):
             return
         limit, source = ((self.memory_limit_gb * 2**30, "memory_limit_gb") if self.memory_limit_gb
                          else plan_memory_limit())
-        where = f"the limit {human_bytes(limit)} ({source})"
-        n = count_params(cfg).total
-        sharded = self.parallel.strategy.startswith("zero")  # over an unknown number of devices: not counted
-        if not sharded and 16 * n > limit:
-            count = f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
-            raise field_error(name, "model", self.model.model_dump(),
-                              f"{count} parameters need {human_bytes(16 * n)} for weights, gradients "
-                              f"and AdamW moments (16 bytes each) alone, over {where}")
-        fused = self.ops.get("linear_cross_entropy", "chunked") != "torch"  # unfused logits only when forced
-        need = training_memory_bytes(cfg, self.micro_batch, seq_len, self.precision != "fp32", fused)
-        total = need["total"] - (need["weights_grads_optimizer"] if sharded else 0)
-        if total > limit:
-            raise field_error(name, "micro_batch", self.micro_batch,
-                              f"training memory estimate {human_bytes(total)} (weights+optimizer "
-                              f"{human_bytes(0 if sharded else need['weights_grads_optimizer'])}, activations "
-                              f"{human_bytes(need['activations'])}, logits {human_bytes(need['logits'])} at "
-                              f"micro_batch={self.micro_batch}, seq_len={seq_len}; batch_size={self.batch_size}) "
-                              f"exceeds {where}; lower micro_batch (batch_size is reached by accumulation) "
-                              "or seq_len")
+        problem = memory_fit_error(
+            cfg, self.micro_batch, seq_len, self.batch_size, limit, source, autocast=self.precision != "fp32",
+            fused_ce=self.ops.get("linear_cross_entropy", "chunked") != "torch",  # unfused logits only when forced
+            shards=None if self.parallel.strategy.startswith("zero") else 1)  # ZeRO: over devices unknown here
+        if problem:
+            field, message = problem
+            raise field_error(name, field, self.model.model_dump() if field == "model" else self.micro_batch, message)
 
 
 STAGE_SPECS = stages.STAGE_SPECS  # kind -> "module:Class", from the one registry (engine/stages.py)

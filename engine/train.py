@@ -17,7 +17,7 @@ import torch
 
 from engine import checkpoint as ckpt
 from engine import compiling, distributed, faults
-from engine.arch import count_params, flops_per_token, training_memory_bytes
+from engine.arch import count_params, flops_per_token, memory_fit_error
 from engine.backend import Backend, resolve
 from engine.config import ModelConfig, model_config, padded_vocab, replace
 from engine.data import (BatchSampler, SubsetSampler, TokenData, WindowSubsetSampler, load_batch_ids, prepare_data,
@@ -168,14 +168,15 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
     probe_steps = np.linspace(0, max(spec.steps // 10 - 1, 0), spec.data.probe_batches).astype(int).tolist()
     probe_windows = np.concatenate([sampler.windows(s) for s in probe_steps]) if probe_steps else None
 
-    fused_ce = backend.ops.chosen.get("linear_cross_entropy") != "torch"
-    need = training_memory_bytes(cfg, spec.micro_batch, seq_len, backend.autocast_dtype is not None, fused_ce)
-    limit = spec.memory_limit_gb * 2**30 if spec.memory_limit_gb else available_memory_bytes(backend)
-    if need["total"] > limit:
-        raise MemoryError(f"micro_batch: training needs an estimated {need['total'] / 2**30:.1f} GiB "
-                          f"(weights+optimizer {need['weights_grads_optimizer'] / 2**30:.1f}, activations "
-                          f"{need['activations'] / 2**30:.1f}, logits {need['logits'] / 2**30:.1f}) but "
-                          f"{limit / 2**30:.1f} GiB is available; lower micro_batch or seq_len")
+    # validation checked against the planned limit; this device's free memory is known only now
+    limit, source = ((spec.memory_limit_gb * 2**30, "memory_limit_gb") if spec.memory_limit_gb
+                     else (available_memory_bytes(backend), f"free {backend.name} memory"))
+    problem = memory_fit_error(cfg, spec.micro_batch, seq_len, spec.batch_size, limit, source,
+                               autocast=backend.autocast_dtype is not None,
+                               fused_ce=backend.ops.chosen.get("linear_cross_entropy") != "torch",
+                               shards=world.size if spec.parallel.strategy.startswith("zero") else 1)
+    if problem:
+        raise MemoryError(": ".join(problem))
 
     model = GPT(cfg, backend.ops)
     init_parts, init_step = None, 0

@@ -171,3 +171,26 @@ def test_a_broken_launcher_module_raises_instead_of_vanishing(tmp_path, monkeypa
         launchers.load_launcher("misnamed")
     assert launchers.load_launcher("local") is launchers.LocalLauncher
     assert launchers.load_launcher("not-registered") is None
+
+
+# ---------------------------------------------------------------- one memory-fit check
+
+
+def test_validation_and_training_start_refuse_with_the_same_check(tmp_path):
+    """The plan-time check (engine/spec.py) and the start-time check (engine/train.py, against the device's free
+    memory) are one function: with the same limit they refuse with the same words."""
+    from engine.spec import SpecError, parse
+    from engine.train import train
+
+    config = {"model": {"preset": "micro"}, "data": {"sources": [str(REPO / "data" / "sample")]}, "steps": 12,
+              "batch_size": 64, "micro_batch": 64, "precision": "fp32", "backend": "cpu"}
+    small = 10 / 1024  # GiB: the micro model's weights fit, 64 sequences of activations do not
+    with pytest.raises(SpecError) as at_validation:
+        parse("train", {**config, "memory_limit_gb": small})
+    spec = parse("train", config)
+    spec.memory_limit_gb = small  # as if the device had less free memory than the plan assumed
+    with pytest.raises(MemoryError) as at_start:
+        train(spec, tmp_path / "run", show_progress=False, log=lambda *a: None)
+    assert str(at_start.value).startswith("micro_batch: training memory estimate ")
+    assert "exceeds the limit 10.0 MiB (memory_limit_gb)" in str(at_start.value)
+    assert str(at_start.value) == str(at_validation.value)
