@@ -11,12 +11,13 @@ fused implementation is tested against. Shapes:
 """
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from engine.importing import import_object
 
 OP_NAMES = ("rms_norm", "rotary", "swiglu", "attention", "linear_cross_entropy", "adamw")
 
@@ -94,8 +95,7 @@ REFERENCE = OpTable(backend="cpu", chosen={name: "torch" for name in OP_NAMES})
 def load_operator(impl: str, op: str) -> Callable:
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"ops.{op}: unknown implementation {impl!r}; known: {sorted(IMPLEMENTATIONS)}")
-    module = importlib.import_module(IMPLEMENTATIONS[impl])
-    table = getattr(module, "OPERATORS", {})
+    table = import_object(f"{IMPLEMENTATIONS[impl]}:OPERATORS", f"ops.{op}: implementation {impl!r}")
     if op not in table:
         raise ValueError(f"ops.{op}: implementation {impl!r} does not provide {op!r}")
     return table[op]
