@@ -71,10 +71,7 @@ PRESETS: dict[str, Preset] = {
     "tiny": Preset("demo: 4 layers, hidden 128", dict(vocab_size=None, n_layer=4, n_embd=128, n_head=4,
                                                       n_kv_head=2, block_size=128)),
     "small": Preset("8 layers, hidden 256", dict(vocab_size=None, n_layer=8, n_embd=256, n_head=4, block_size=256)),
-    "tiny-wide": Preset("ablation baseline: 2 layers, hidden 192 (shallow and wide)",
-                        dict(vocab_size=None, n_layer=2, n_embd=192, n_head=4, block_size=128)),
-    "tiny-deep": Preset("ablation: 6 layers, hidden 112 (deeper and narrower)",
-                        dict(vocab_size=None, n_layer=6, n_embd=112, n_head=4, block_size=128)),
+    # the ablation's shapes are its own: computed from its scale (engine/ablate/spec.py SCALES, shapes.py)
 }
 
 
