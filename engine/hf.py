@@ -56,47 +56,39 @@ def read_hf_config(hf_dir: Path) -> ModelConfig:
 
 
 class HFWeights:
-    """Lazy access to a Hugging Face checkpoint (safetensors or .bin, single or sharded with an index):
-    each `get` reads one tensor from disk."""
+    """Lazy access to a Hugging Face checkpoint in safetensors (single or sharded with an index): each `get`
+    reads one tensor from disk. The pickle format (pytorch_model.bin) is refused: unpickling runs code."""
 
     def __init__(self, hf_dir: Path):
         self.dir = Path(hf_dir)
         self.config = read_hf_config(self.dir)
         self.location: dict[str, Path] = {}
-        for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-            if (self.dir / index).is_file():
-                weight_map = json.loads((self.dir / index).read_text())["weight_map"]
-                self.location = {k: self.dir / v for k, v in weight_map.items()}
-                break
-        else:
-            for single in ("model.safetensors", "pytorch_model.bin"):
-                if (self.dir / single).is_file():
-                    self.location = {k: self.dir / single for k in self._keys(self.dir / single)}
-                    break
-        if not self.location:
-            raise FileNotFoundError(f"hf_dir: no model.safetensors, pytorch_model.bin or index in {self.dir}")
-        self._open: dict[Path, object] = {}
-
-    @staticmethod
-    def _keys(path: Path):
-        if path.suffix == ".safetensors":
+        if (self.dir / "model.safetensors.index.json").is_file():
+            weight_map = json.loads((self.dir / "model.safetensors.index.json").read_text())["weight_map"]
+            self.location = {k: self.dir / v for k, v in weight_map.items()}
+            if not all(p.suffix == ".safetensors" for p in self.location.values()):
+                raise ValueError(f"hf_dir: {self.dir / 'model.safetensors.index.json'} names files that are not "
+                                 "safetensors")
+        elif (self.dir / "model.safetensors").is_file():
             from safetensors import safe_open
-            with safe_open(str(path), "pt") as f:
-                return list(f.keys())
-        return list(torch.load(path, map_location="cpu", mmap=True, weights_only=True).keys())
+            with safe_open(str(self.dir / "model.safetensors"), "pt") as f:
+                self.location = {k: self.dir / "model.safetensors" for k in f.keys()}
+        elif any(self.dir.glob("pytorch_model*.bin")):
+            raise ValueError(f"hf_dir: {self.dir} holds pytorch_model.bin, the pickle format, which is not accepted: "
+                             "unpickling a file can run arbitrary code. Save it as safetensors "
+                             "(save_pretrained(..., safe_serialization=True))")
+        if not self.location:
+            raise FileNotFoundError(f"hf_dir: no model.safetensors or model.safetensors.index.json in {self.dir}")
+        self._open: dict[Path, object] = {}
 
     def _handle(self, path: Path):
         if path not in self._open:
-            if path.suffix == ".safetensors":
-                from safetensors import safe_open
-                self._open[path] = safe_open(str(path), "pt")
-            else:
-                self._open[path] = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+            from safetensors import safe_open
+            self._open[path] = safe_open(str(path), "pt")
         return self._open[path]
 
     def hf_tensor(self, name: str) -> torch.Tensor:
-        h = self._handle(self.location[name])
-        return h.get_tensor(name) if hasattr(h, "get_tensor") else h[name].clone()
+        return self._handle(self.location[name]).get_tensor(name)
 
     def has(self, hf_name: str) -> bool:
         return hf_name in self.location

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from service import dashboard
-from service.api import errors, health, jobs, runs
+from service.api import artifacts, errors, health, jobs, stages, tokens, workers
 from service.api.schemas import Problem
 from service.api.middleware import AccessLog, BodyLimit
 from service.auth import TokenCache
@@ -71,7 +71,7 @@ def create_app(settings: Settings | None = None, *, embedded_worker: bool = Fals
     app.state.schema_head = migrations.head()
     app.state.stats = Metrics(db, settings.worker_timeout_s, app.state.schema_head)
     errors.install(app)
-    for r in (health.router, jobs.router, runs.router):
+    for r in (health.router, jobs.router, stages.router, artifacts.router, workers.router, tokens.router):
         app.include_router(r)
     dashboard.mount(app)  # the web UI at /ui/, over the same public API
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

@@ -1,7 +1,7 @@
-"""A small HTTP client of the REST API (used by `tinyforge jobs` and the benchmark)."""
+"""A small HTTP client of the REST API (used by `tinyforge jobs` and the demo). Answers are parsed into the
+response models the server builds them from (service/api/schemas.py), so both sides share one shape."""
 from __future__ import annotations
 
-import json
 import os
 import random
 import time
@@ -11,7 +11,9 @@ from typing import Callable, Iterator
 
 import httpx
 from httpx_sse import SSEError, connect_sse
+from pydantic import TypeAdapter
 
+from service.api import schemas
 from service.settings import default_home
 
 
@@ -65,6 +67,10 @@ class Backoff:
         return d / 2 + random.uniform(0, d / 2)  # "equal jitter": never less than half the step
 
 
+_ARTIFACTS = TypeAdapter(list[schemas.ArtifactOut])
+_WORKERS = TypeAdapter(list[schemas.WorkerOut])
+
+
 class Client:
     def __init__(self, url: str, token: str | None, timeout: float = 30.0, backoff: Backoff = Backoff()):
         self.backoff = backoff
@@ -77,29 +83,50 @@ class Client:
             raise ApiError.from_response(r)
         return r
 
-    def submit(self, path: Path, idempotency_key: str | None = None, plan: bool = False) -> tuple[dict, int]:
+    def submit(self, path: Path, idempotency_key: str | None = None,
+               plan: bool = False) -> tuple[schemas.JobOut | schemas.PlanOut, int]:
+        """(the job, 201 created or 200 a repeat of an earlier key); with plan=True (the plan, 200)."""
         body = Path(path).read_bytes()
         ctype = "application/json" if str(path).endswith(".json") else "application/yaml"
         headers = {"Content-Type": ctype}
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
         r = self._call("POST", "/v1/jobs:plan" if plan else "/v1/jobs", content=body, headers=headers)
-        return r.json(), r.status_code
+        return (schemas.PlanOut if plan else schemas.JobOut).model_validate_json(r.content), r.status_code
 
-    def get(self, job_id: str) -> dict:
-        return self._call("GET", f"/v1/jobs/{job_id}").json()
+    def get(self, job_id: str) -> schemas.JobOut:
+        return schemas.JobOut.model_validate_json(self._call("GET", f"/v1/jobs/{job_id}").content)
 
-    def list(self, **params) -> dict:
-        return self._call("GET", "/v1/jobs", params={k: v for k, v in params.items() if v}).json()
+    def list(self, **params) -> schemas.JobListOut:
+        r = self._call("GET", "/v1/jobs", params={k: v for k, v in params.items() if v})
+        return schemas.JobListOut.model_validate_json(r.content)
 
-    def cancel(self, job_id: str) -> dict:
-        return self._call("POST", f"/v1/jobs/{job_id}:cancel").json()
+    def cancel(self, job_id: str) -> schemas.JobOut:
+        return schemas.JobOut.model_validate_json(self._call("POST", f"/v1/jobs/{job_id}:cancel").content)
 
-    def retry(self, job_id: str) -> dict:
-        return self._call("POST", f"/v1/jobs/{job_id}:retry").json()
+    def retry(self, job_id: str) -> schemas.JobOut:
+        return schemas.JobOut.model_validate_json(self._call("POST", f"/v1/jobs/{job_id}:retry").content)
+
+    def logs(self, job_id: str, after: int = 0, **params) -> schemas.LogsOut:
+        """One page of log lines after line id `after` (follow_logs streams them instead)."""
+        r = self._call("GET", f"/v1/jobs/{job_id}/logs", params={"after": after, **params})
+        return schemas.LogsOut.model_validate_json(r.content)
+
+    def metrics(self, job_id: str, **params) -> schemas.MetricsOut:
+        r = self._call("GET", f"/v1/jobs/{job_id}/metrics", params={k: v for k, v in params.items() if v})
+        return schemas.MetricsOut.model_validate_json(r.content)
+
+    def artifacts(self, job_id: str) -> list[schemas.ArtifactOut]:
+        return _ARTIFACTS.validate_json(self._call("GET", f"/v1/jobs/{job_id}/artifacts").content)
+
+    def lineage(self, stage_id: str) -> schemas.LineageOut:
+        return schemas.LineageOut.model_validate_json(self._call("GET", f"/v1/stages/{stage_id}/lineage").content)
+
+    def workers(self) -> list[schemas.WorkerOut]:
+        return _WORKERS.validate_json(self._call("GET", "/v1/workers").content)
 
     def follow_logs(self, job_id: str, after: int = 0,
-                    on_retry: Callable[[str, float], None] = lambda why, delay: None) -> Iterator[dict]:
+                    on_retry: Callable[[str, float], None] = lambda why, delay: None) -> Iterator[schemas.LogLineOut]:
         """Log lines as server-sent events until the job has ended. A dropped stream is resumed with
         Last-Event-ID after a backoff delay (see Backoff); FollowGaveUp once the server has been out of
         reach for `backoff.give_up_s`. A 4xx answer (no such job, bad token) raises ApiError at once."""
@@ -125,7 +152,7 @@ class Client:
                         if sse.event == "end":
                             return
                         if sse.data:
-                            yield json.loads(sse.data)
+                            yield schemas.LogLineOut.model_validate_json(sse.data)
                 why = "stream closed before the end event"
             except (httpx.TransportError, httpx.HTTPStatusError, SSEError) as exc:
                 why = f"{type(exc).__name__}: {exc}"

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from safetensors.torch import load_file
 
 from engine.hf import load_hf_weights, read_hf_config
 from engine.inherit.run import inherit
@@ -20,7 +19,7 @@ PARENTS = {
     # grouped-query attention, head_dim 16 != hidden / heads, untied, sharded safetensors
     "gqa": dict(vocab_size=VOCAB, hidden_size=48, intermediate_size=80, num_hidden_layers=4, num_attention_heads=8,
                 num_key_value_heads=2, head_dim=16, tie_word_embeddings=False),
-    # tied embeddings, plain multi-head attention, one pytorch_model.bin
+    # tied embeddings, plain multi-head attention, one model.safetensors
     "tied": dict(vocab_size=VOCAB, hidden_size=40, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
                  num_key_value_heads=4, head_dim=12, tie_word_embeddings=True),
 }
@@ -45,10 +44,8 @@ def saved_parent(kind, tmp_path_factory):
         model.save_pretrained(d, max_shard_size="40KB")
         assert (d / "model.safetensors.index.json").is_file()
     else:
-        model.save_pretrained(d)
-        state = load_file(str(d / "model.safetensors"))
-        torch.save(state, d / "pytorch_model.bin")  # the older HF format
-        (d / "model.safetensors").unlink()
+        model.save_pretrained(d)  # one file (the pickle format, pytorch_model.bin, is refused)
+        assert (d / "model.safetensors").is_file()
     _SAVED[kind] = kind, d, {k: v.detach().clone() for k, v in model.state_dict().items()}
     return _SAVED[kind]
 

@@ -201,7 +201,8 @@ def test_corrupt_newest_checkpoints_are_detected_and_an_older_one_resumes(tmp_pa
     train(spec, run, **QUIET)
     root = run / "checkpoints"
     _, before = final_checkpoint(run)
-    flipped, truncated = root / "step_00000008" / "model.pt", root / "step_00000006" / "train_state.pt"
+    flipped = root / "step_00000008" / "model.safetensors"
+    truncated = root / "step_00000006" / "train_state.safetensors"
     data = bytearray(flipped.read_bytes())
     data[len(data) // 2] ^= 0x01
     flipped.write_bytes(bytes(data))

@@ -46,27 +46,26 @@ class CheckpointSource(ParentSource):
     def __init__(self, step_dir: Path):
         self.path = step_dir
         manifest = ckpt.verify(step_dir)  # checksums first: a corrupt parent fails here, naming the file
-        if "model_config" not in manifest or "model.pt" not in manifest["files"]:
+        if "model_config" not in manifest or "model.safetensors" not in manifest["files"]:
             raise ckpt.CheckpointError(f"parent: {step_dir} has no model or model_config")
         self.config = ModelConfig.from_dict(manifest["model_config"])
         self.tokenizer = manifest.get("tokenizer")
 
     def get(self, name: str) -> torch.Tensor:
-        # mmap: only this tensor's pages are read; the mapping closes when `state` goes out of scope.
-        state = torch.load(self.path / "model.pt", map_location="cpu", mmap=True, weights_only=True)
-        if name not in state:
+        # mmap: only this tensor's pages are read; the mapping closes when the view goes out of scope.
+        try:
+            view = ckpt.load_tensor(self.path, name)
+        except KeyError:
             raise KeyError(f"parent: {self.path} has no tensor {name}")
-        return state[name].to(torch.float32, copy=True)
+        return view.to(torch.float32, copy=True)
 
 
 class _UncachedHF(HFWeights):
     """HFWeights that opens a shard for each read instead of keeping every shard mapped."""
 
     def _handle(self, path: Path):
-        if path.suffix == ".safetensors":
-            from safetensors import safe_open
-            return safe_open(str(path), "pt")
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        from safetensors import safe_open
+        return safe_open(str(path), "pt")
 
 
 class HFSource(ParentSource):

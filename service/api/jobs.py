@@ -1,12 +1,14 @@
-"""/v1/jobs: submit, plan, list, show, cancel, retry, events, logs (SSE), metrics, artifacts."""
+"""/v1/jobs: submit, plan, list, show, cancel, retry, events, logs (SSE), metrics, artifacts. Every route
+returns the response model it declares (built by services/views.py); optional parts a view leaves out
+(a listed stage's config, ...) stay out of the answer (response_model_exclude_unset)."""
 from __future__ import annotations
 
 import asyncio
 import json
 import time
 
-from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.api import schemas
@@ -16,6 +18,7 @@ from service.services import artifacts, jobs, lifecycle, logs, metrics
 from service.body import SpecError, parse_body
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
+SHAPE = {"response_model_exclude_unset": True}  # answer only what the view filled in
 
 ERRORS = AUTH_ERRORS
 MAX_LABEL_FILTERS = 50  # = the most labels a job may have
@@ -32,11 +35,11 @@ async def _body(request: Request):
     return parse_body(await request.body(), request.headers.get("content-type"))
 
 
-@router.post("/jobs", status_code=201, response_model=schemas.JobOut, openapi_extra=SPEC_BODY,
+@router.post("/jobs", status_code=201, response_model=schemas.JobOut, **SHAPE, openapi_extra=SPEC_BODY,
              responses={**BODY_ERRORS, 200: {"model": schemas.JobOut, "description": "repeat of an earlier "
                                              "request with the same Idempotency-Key and body"},
                         **CONFLICT})
-async def submit_job(request: Request,
+async def submit_job(request: Request, response: Response,
                      idempotency_key: str | None = Header(None, alias="Idempotency-Key", min_length=1, max_length=255,
                                                           pattern=r"^[^\x00-\x1f\x7f]+$"),
                      principal: Principal = Depends(require("submit"))):
@@ -46,10 +49,11 @@ async def submit_job(request: Request,
     st = request.app.state
     job, created = await run_in_threadpool(jobs.submit, st.db, st.settings, st.workers, data, idempotency_key,
                                            principal.token_id)
-    return JSONResponse(job, status_code=201 if created else 200)  # shape: JobOut (built by services.views)
+    response.status_code = 201 if created else 200
+    return job
 
 
-@router.post("/jobs:plan", response_model=schemas.PlanOut, openapi_extra=SPEC_BODY, responses=BODY_ERRORS,
+@router.post("/jobs:plan", response_model=schemas.PlanOut, **SHAPE, openapi_extra=SPEC_BODY, responses=BODY_ERRORS,
              dependencies=[SUBMIT])
 async def plan_job(request: Request):
     """Validate a spec and show its expanded stages and whether a running worker can take it; stores nothing."""
@@ -58,7 +62,7 @@ async def plan_job(request: Request):
     return await run_in_threadpool(jobs.plan, st.settings, st.workers, data)
 
 
-@router.get("/jobs", response_model=schemas.JobListOut, responses=ERRORS, dependencies=[READ])
+@router.get("/jobs", response_model=schemas.JobListOut, **SHAPE, responses=ERRORS, dependencies=[READ])
 def list_jobs(request: Request,
               status: str | None = Query(None, description="comma-separated statuses", max_length=200,
                                          pattern=r"^(queued|running|succeeded|failed|cancelled)"
@@ -77,26 +81,25 @@ def list_jobs(request: Request,
             raise SpecError([{"loc": ["query", "label"], "msg": f"expected key or key=value, got {item!r}",
                               "type": "value_error"}])
         labels.append((key, value if sep else None))
-    return JSONResponse(jobs.list_jobs(request.app.state.db, status.split(",") if status else None, name, labels,
-                                       limit, cursor))
+    return jobs.list_jobs(request.app.state.db, status.split(",") if status else None, name, labels, limit, cursor)
 
 
-@router.get("/jobs/{job_id}", response_model=schemas.JobOut, responses=MISSING,
-            dependencies=[READ])
+@router.get("/jobs/{job_id}", response_model=schemas.JobOut, **SHAPE, responses=MISSING, dependencies=[READ])
 def get_job(request: Request, job_id: str):
     """A job with its stages (step, ETA), attempts and, while queued, why it is waiting."""
-    return JSONResponse(jobs.get(request.app.state.db, job_id))
+    return jobs.get(request.app.state.db, job_id)
 
 
 # custom methods in one style (Google AIP-136): POST /v1/jobs:plan, /v1/jobs/{id}:cancel, /v1/jobs/{id}:retry
-@router.post("/jobs/{job_id}:cancel", response_model=schemas.JobOut, dependencies=[SUBMIT], responses=MISSING)
+@router.post("/jobs/{job_id}:cancel", response_model=schemas.JobOut, **SHAPE, dependencies=[SUBMIT],
+             responses=MISSING)
 def cancel_job(request: Request, job_id: str):
     """Cancel a job. Idempotent: a job that already ended is answered as it is (200), so a retried
     cancel is safe."""
     return jobs.cancel(request.app.state.db, job_id)
 
 
-@router.post("/jobs/{job_id}:retry", response_model=schemas.JobOut, dependencies=[SUBMIT],
+@router.post("/jobs/{job_id}:retry", response_model=schemas.JobOut, **SHAPE, dependencies=[SUBMIT],
              responses={**MISSING, **CONFLICT})
 def retry_job(request: Request, job_id: str):
     return jobs.retry(request.app.state.db, job_id)
@@ -109,7 +112,7 @@ def job_events(request: Request, job_id: str, after: int = Query(0, ge=0, le=MAX
     return jobs.events(request.app.state.db, job_id, after, limit)
 
 
-@router.get("/jobs/{job_id}/logs", dependencies=[READ],
+@router.get("/jobs/{job_id}/logs", response_model=schemas.LogsOut, dependencies=[READ],
             responses={**MISSING,
                        200: {"model": schemas.LogsOut, "content": {"text/event-stream": {}},
                              "description": "JSON, or server-sent events with follow=true or "
@@ -128,15 +131,15 @@ async def job_logs(request: Request, job_id: str, follow: bool = False, after: i
         after = int(resume)
     lines, status = await run_in_threadpool(logs.read, db, job_id, after, limit, stage, stream)
     if not follow and "text/event-stream" not in request.headers.get("accept", ""):
-        return {"lines": lines, "next_after": lines[-1]["id"] if lines else after, "job_status": status}
+        return schemas.LogsOut(lines=lines, next_after=lines[-1].id if lines else after, job_status=status)
 
     async def events():
         cursor, batch, job_status = after, lines, status
         last_sent = time.monotonic()
         while True:
             for line in batch:
-                yield f"id: {line['id']}\nevent: log\ndata: {json.dumps(line)}\n\n"
-                cursor = line["id"]
+                yield f"id: {line.id}\nevent: log\ndata: {line.model_dump_json()}\n\n"
+                cursor = line.id
             if batch:
                 last_sent = time.monotonic()
             if len(batch) < limit:

@@ -1,10 +1,19 @@
-"""Response shapes (they document the API in the published OpenAPI spec). Times are seconds since
-the epoch (UTC)."""
+"""Response shapes, one model per resource: service/services/views.py builds them, the routes return
+them (validated against `response_model=`), service/client.py parses answers into them, and they
+document the API in the published OpenAPI spec. Times are seconds since the epoch (UTC).
+
+One word for one execution of a stage of a job: a *stage* (the `stages` table; `stage_id`). Fields
+still named `run_id` are the same id under its old name, kept for one release (docs/service.md)."""
 from __future__ import annotations
 
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+
+
+def _run_id():
+    return Field(description="deprecated: the same as stage_id (its old name); removed in the next release",
+                 deprecated=True)
 
 
 class ErrorItem(BaseModel):
@@ -151,7 +160,8 @@ class LogsOut(BaseModel):
 
 
 class SeriesOut(BaseModel):
-    run_id: str
+    stage_id: str
+    run_id: str = _run_id()
     stage: str | None = None
     key: str
     split: str
@@ -169,7 +179,8 @@ class MetricsOut(BaseModel):
 class ArtifactOut(BaseModel):
     id: str
     job_id: str
-    run_id: str
+    stage_id: str = Field(description="the stage that recorded it")
+    run_id: str = _run_id()
     stage: str | None = None
     name: str
     type: str
@@ -180,8 +191,10 @@ class ArtifactOut(BaseModel):
 
 
 class LineageOut(BaseModel):
-    run_id: str
-    nodes: list[dict[str, Any]]
+    stage_id: str
+    run_id: str = _run_id()
+    nodes: list[dict[str, Any]] = Field(description='{"type": "stage", id, job_id, stage, kind, status} or '
+                                                    '{"type": "path", id, path}')
     edges: list[dict[str, Any]]
 
 

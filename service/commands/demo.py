@@ -122,12 +122,11 @@ def _duration(stage: dict) -> float | None:
 
 
 def _last_loss(client: Client, job_id: str, stage: str) -> float | None:
-    series = client.http.get(f"/v1/jobs/{job_id}/metrics",
-                             params={"keys": "loss", "stage": stage, "max_points": 20000}).json().get("series", [])
+    series = client.metrics(job_id, keys="loss", stage=stage, max_points=20000).series
     best = None  # the newest point of the train split, else of any split
     for s in series:
-        if s["points"] and (best is None or s["split"] == "train"):
-            best = s["points"][-1][1]
+        if s.points and (best is None or s.split == "train"):
+            best = s.points[-1][1]
     return best
 
 
@@ -167,7 +166,7 @@ def follow(client: Client, job_id: str, live: bool, poll_s: float = 1.0, alive=l
     def refresh() -> dict:
         nonlocal job
         try:
-            job = client.get(job_id)
+            job = client.get(job_id).model_dump(exclude_unset=True)  # the tables below read the JSON shape
             for st in job["stages"]:
                 if st["status"] == "running" or (st["status"] == "succeeded" and st["name"] not in losses
                                                   and st["kind"] in ("train", "rounds")):
@@ -265,9 +264,9 @@ def results_table(job: dict) -> str:
 
 
 def _artifact(client: Client, job_id: str, stage: str, name: str) -> str | None:
-    for a in client.http.get(f"/v1/jobs/{job_id}/artifacts").json():
-        if a.get("stage") == stage and a["name"] == name:
-            return a["path"]
+    for a in client.artifacts(job_id):
+        if a.stage == stage and a.name == name:
+            return a.path
     return None
 
 
@@ -320,7 +319,7 @@ def cancel(client: Client, job_id: str, timeout: float = 60) -> None:
     try:
         client.cancel(job_id)
         deadline = time.time() + timeout
-        while client.get(job_id)["status"] not in TERMINAL and time.time() < deadline:
+        while client.get(job_id).status not in TERMINAL and time.time() < deadline:
             time.sleep(0.5)
     except Exception as exc:  # noqa: BLE001 - the server is being stopped anyway
         click.echo(f"cancel: {exc}", err=True)
@@ -360,7 +359,7 @@ def demo(spec_path, quick, home, port, live, threads, engine_only, steps):
     try:
         svc.wait_ready()
         client = Client(svc.url, (home / "admin.token").read_text().strip())
-        job, _ = client.submit(spec_path)
+        job = client.submit(spec_path)[0].model_dump(exclude_unset=True)
         click.echo(f"submitted {_rel(spec_path)} as job {job['id']}: "
                    + " -> ".join(st["name"] for st in job["stages"]))
         job = follow(client, job["id"], live, alive=lambda: svc.proc.poll() is None)

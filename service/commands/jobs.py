@@ -5,12 +5,12 @@
 (`--follow`, `logs -f`) that cannot reach the server for `--reconnect-for` seconds exits 4."""
 from __future__ import annotations
 
-import json
 import sys
 import time
 
 import click
 
+from service.api.schemas import JobOut
 from service.client import ApiError, Backoff, Client, FollowGaveUp, default_token, format_detail
 
 EXIT = {"succeeded": 0, "failed": 1, "cancelled": 3}
@@ -24,11 +24,15 @@ def _fmt_time(t):
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
 
 
-def _line(job: dict) -> str:
-    step = f"{job['step']}/{job['total_steps']}" if job.get("total_steps") else (job.get("step") or "")
-    stage = job.get("current_stage") or ""
-    extra = job.get("pending_reason") or job.get("failure_reason") or ""
-    return f"{job['id']}  {job['status']:9}  {job['name'][:30]:30}  {stage:10} {str(step):>11}  {extra[:80]}"
+def _line(job: JobOut) -> str:
+    step = f"{job.step}/{job.total_steps}" if job.total_steps else (job.step or "")
+    stage = job.current_stage or ""
+    extra = job.pending_reason or job.failure_reason or ""
+    return f"{job.id}  {job.status:9}  {job.name[:30]:30}  {stage:10} {str(step):>11}  {extra[:80]}"
+
+
+def _json(model) -> str:
+    return model.model_dump_json(indent=2, exclude_unset=True)  # as the server sent it
 
 
 @click.group()
@@ -48,23 +52,23 @@ def _print_logs(client: Client, job_id: str) -> None:
         click.echo(f"log stream lost ({why}); reconnecting in {delay:.1f} s", err=True)
     try:
         for line in client.follow_logs(job_id, on_retry=told):
-            click.echo(f"[{line.get('stage') or '-'}] {line['line']}")
+            click.echo(f"[{line.stage or '-'}] {line.line}")
     except FollowGaveUp as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(4)
 
 
-def _wait(client: Client, job_id: str, follow: bool) -> dict:
+def _wait(client: Client, job_id: str, follow: bool) -> JobOut:
     last = None
     if follow:
         _print_logs(client, job_id)
     while True:
         job = client.get(job_id)
-        summary = (job["status"], job.get("current_stage"), job.get("step"))
+        summary = (job.status, job.current_stage, job.step)
         if summary != last:
             click.echo(_line(job), err=True)
             last = summary
-        if job["status"] in EXIT:
+        if job.status in EXIT:
             return job
         time.sleep(2)
 
@@ -85,15 +89,15 @@ def submit(ctx, file, idempotency_key, wait, follow, plan):
         click.echo(f"refused (HTTP {exc.status}):\n{format_detail(exc.detail, exc.errors)}", err=True)
         sys.exit(2 if 400 <= exc.status < 500 else 4)
     if plan:
-        click.echo(json.dumps(job, indent=2))
+        click.echo(_json(job))
         return
-    click.echo(job["id"])
+    click.echo(job.id)
     click.echo(("submitted: " if status == 201 else "already submitted with this key: ") + _line(job), err=True)
     if wait:
-        job = _wait(client, job["id"], follow)
-        if job["status"] != "succeeded":
-            click.echo(f"job {job['id']} {job['status']}: {job.get('failure_reason') or ''}", err=True)
-        sys.exit(EXIT[job["status"]])
+        job = _wait(client, job.id, follow)
+        if job.status != "succeeded":
+            click.echo(f"job {job.id} {job.status}: {job.failure_reason or ''}", err=True)
+        sys.exit(EXIT[job.status])
 
 
 @jobs.command("ls")
@@ -105,7 +109,7 @@ def submit(ctx, file, idempotency_key, wait, follow, plan):
 def ls(ctx, status, name, label, limit):
     """List jobs, newest first."""
     page = _client(ctx).list(status=status, name=name, label=list(label), limit=limit)
-    for job in page["items"]:
+    for job in page.items:
         click.echo(_line(job))
 
 
@@ -120,15 +124,15 @@ def show(ctx, job_id, as_json):
     except ApiError as exc:
         raise click.ClickException(str(exc))
     if as_json:
-        click.echo(json.dumps(job, indent=2))
+        click.echo(_json(job))
         return
     click.echo(_line(job))
-    for st in job["stages"]:
-        step = f"{st['step']}/{st['total_steps']}" if st.get("total_steps") else ""
-        click.echo(f"  stage {st['name']:10} {st['kind']:9} {st['status']:9} {step}")
-    for a in job.get("attempts") or []:
-        click.echo(f"  attempt {a['number']}: {a['status']:9} worker={a['worker_id'] or '-'} "
-                   f"{a['failure_class'] or ''} {a['failure_reason'] or ''}")
+    for st in job.stages:
+        step = f"{st.step}/{st.total_steps}" if st.total_steps else ""
+        click.echo(f"  stage {st.name:10} {st.kind:9} {st.status:9} {step}")
+    for a in job.attempts or []:
+        click.echo(f"  attempt {a.number}: {a.status:9} worker={a.worker_id or '-'} "
+                   f"{a.failure_class or ''} {a.failure_reason or ''}")
 
 
 @jobs.command()
@@ -144,12 +148,12 @@ def logs(ctx, job_id, follow):
         else:
             after = 0
             while True:
-                page = client._call("GET", f"/v1/jobs/{job_id}/logs", params={"after": after}).json()
-                for line in page["lines"]:
-                    click.echo(f"[{line.get('stage') or '-'}] {line['line']}")
-                if not page["lines"]:
+                page = client.logs(job_id, after)
+                for line in page.lines:
+                    click.echo(f"[{line.stage or '-'}] {line.line}")
+                if not page.lines:
                     break
-                after = page["next_after"]
+                after = page.next_after
     except ApiError as exc:
         raise click.ClickException(str(exc))
 

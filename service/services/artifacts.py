@@ -1,4 +1,4 @@
-"""Artifacts (what stages recorded in result.json) and the lineage graph between runs."""
+"""Artifacts (what stages recorded in result.json) and the lineage graph between stages."""
 from __future__ import annotations
 
 import os
@@ -10,11 +10,12 @@ from sqlalchemy import or_, select
 
 from service.db import Database
 from service.db.models import Artifact, Job, Stage
+from service.api.schemas import ArtifactOut, LineageOut
 from service.services.jobs import NotFound
 from service.services.views import artifact_view
 
 
-def list_for_job(db: Database, job_id: str) -> list[dict]:
+def list_for_job(db: Database, job_id: str) -> list[ArtifactOut]:
     with db.read() as s:
         if s.get(Job, job_id) is None:
             raise NotFound(f"job {job_id} not found")
@@ -61,18 +62,18 @@ def tar_stream(root: Path):
     yield sink.take()
 
 
-def lineage(db: Database, run_id: str) -> dict:
-    """The runs upstream of a run (through ${stages...} references and result.json inputs, across jobs
-    when an input path is another run's artifact) and the runs of its job that used it, directly or not."""
+def lineage(db: Database, stage_id: str) -> LineageOut:
+    """The stages upstream of a stage (through ${stages...} references and result.json inputs, across jobs
+    when an input path is another stage's artifact) and the stages of its job that used it, directly or not."""
     with db.read() as s:
-        start = s.get(Stage, run_id)
+        start = s.get(Stage, stage_id)
         if start is None:
-            raise NotFound(f"run {run_id} not found")
+            raise NotFound(f"stage {stage_id} not found")
         nodes: dict[str, dict] = {}
         edges: set[tuple[str, str, str]] = set()
 
-        def run_node(st: Stage) -> str:
-            nodes[st.id] = {"id": st.id, "type": "run", "job_id": st.job_id, "stage": st.name, "kind": st.kind,
+        def stage_node(st: Stage) -> str:
+            nodes[st.id] = {"id": st.id, "type": "stage", "job_id": st.job_id, "stage": st.name, "kind": st.kind,
                             "status": st.status}
             return st.id
 
@@ -81,7 +82,7 @@ def lineage(db: Database, run_id: str) -> dict:
                             .order_by(Artifact.created_at.desc()).limit(1))
 
         todo = deque([start])
-        run_node(start)
+        stage_node(start)
         while todo:
             st = todo.popleft()
             for inp in st.inputs or []:
@@ -92,22 +93,22 @@ def lineage(db: Database, run_id: str) -> dict:
                     src = s.get(Stage, art.stage_id) if art else None
                 if src is not None:
                     if src.id not in nodes:
-                        run_node(src)
+                        stage_node(src)
                         todo.append(src)
                     edges.add((src.id, st.id, role))
                 elif inp.get("path"):
                     pid = "path:" + inp["path"]
                     nodes.setdefault(pid, {"id": pid, "type": "path", "path": inp["path"]})
                     edges.add((pid, st.id, role))
-        # downstream within the job: stages that used this run, or a run that used it, ...
+        # downstream within the job: stages that used this stage, or a stage that used it, ...
         below = {start.id}
         for st in s.scalars(select(Stage).where(Stage.job_id == start.job_id, Stage.position > start.position)
                             .order_by(Stage.position)):
             for inp in st.inputs or []:
                 if inp.get("run_id") in below:
                     if st.id not in nodes:
-                        run_node(st)
+                        stage_node(st)
                     below.add(st.id)
                     edges.add((inp["run_id"], st.id, inp.get("key") or "input"))
-    return {"run_id": run_id, "nodes": list(nodes.values()),
-            "edges": [{"from": a, "to": b, "role": r} for a, b, r in sorted(edges)]}
+    return LineageOut(stage_id=stage_id, run_id=stage_id, nodes=list(nodes.values()),
+                      edges=[{"from": a, "to": b, "role": r} for a, b, r in sorted(edges)])

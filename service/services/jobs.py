@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 from service import planning
 from service.body import SpecError, request_hash
 from service.jobspec import STAGE_COMMANDS, validate_spec
+from service.api import schemas
 from service.db import Database
 from service.db.models import Attempt, Event, IdempotencyKey, Job, JobLabel, Stage, new_id
 from service.services import lifecycle
@@ -31,16 +32,17 @@ def _plan(settings: Settings, data) -> planning.Plan:
     return planning.plan(validate_spec(data), registry=settings.stage_specs, roots=settings.roots)
 
 
-def plan(settings: Settings, workers: WorkerSnapshot, data) -> dict:
+def plan(settings: Settings, workers: WorkerSnapshot, data) -> schemas.PlanOut:
     """Validate and expand without storing anything; say whether a running worker fits."""
     p = _plan(settings, data)
     r = p.spec.resources
     reason = wait_reason(r.backend, r.devices_per_node, r.launcher, workers.get())
-    return {"name": p.spec.name, "stages": [{"name": st.name, "kind": st.kind, "command": STAGE_COMMANDS.get(
-        st.kind, st.kind), "config": st.config, "references": st.references, "validated_by": st.validated_by}
-        for st in p.stages],
-        "resources": r.model_dump(mode="json"), "schedulable": reason.schedulable,
-        "reason": None if reason.schedulable else reason.text, "reason_code": reason.code}
+    stages = [schemas.PlannedStageOut(name=st.name, kind=st.kind, command=STAGE_COMMANDS.get(st.kind, st.kind),
+                                      config=st.config, references=st.references, validated_by=st.validated_by)
+              for st in p.stages]
+    return schemas.PlanOut(name=p.spec.name, stages=stages, resources=r.model_dump(mode="json"),
+                           schedulable=reason.schedulable, reason=None if reason.schedulable else reason.text,
+                           reason_code=reason.code)
 
 
 _IDEM = IdempotencyKey.__table__.c
@@ -57,7 +59,7 @@ def _existing(conn, key: str, digest: str) -> str:
 
 
 def submit(db: Database, settings: Settings, workers: WorkerSnapshot, data, idempotency_key: str | None,
-           token_id: str | None) -> tuple[dict, bool]:
+           token_id: str | None) -> tuple[schemas.JobOut, bool]:
     """Returns (job, created). A repeated key with the same body returns the original job; with another
     body it raises Conflict. The job, its stages, its first attempt, its first event and the key commit
     in one transaction (batched with concurrent submissions: services/group_commit.py)."""
@@ -110,7 +112,7 @@ def _rows(s, stmt) -> list:
     return list(s.execute(stmt).all())
 
 
-def get(db: Database, job_id: str, detail: bool = True) -> dict:
+def get(db: Database, job_id: str, detail: bool = True) -> schemas.JobOut:
     with db.read() as s:
         job = s.execute(select(Job.__table__).where(Job.id == job_id)).first()
         if job is None:
@@ -125,7 +127,8 @@ def get(db: Database, job_id: str, detail: bool = True) -> dict:
 
 
 def list_jobs(db: Database, status: list[str] | None = None, name: str | None = None,
-              labels: list[tuple[str, str | None]] = (), limit: int = 50, cursor: str | None = None) -> dict:
+              labels: list[tuple[str, str | None]] = (), limit: int = 50,
+              cursor: str | None = None) -> schemas.JobListOut:
     """Newest first. `cursor` is the last id of the previous page; `name` may use * as a wildcard."""
     q = select(*[c for c in Job.__table__.c if c.name != "spec"]).order_by(Job.id.desc()).limit(limit + 1)
     if status:
@@ -153,11 +156,11 @@ def list_jobs(db: Database, status: list[str] | None = None, name: str | None = 
                 stages[st.job_id].append(st)
             for lb in s.execute(select(JobLabel.job_id, JobLabel.key, JobLabel.value).where(JobLabel.job_id.in_(ids))):
                 labels_of[lb.job_id][lb.key] = lb.value
-    return {"items": [job_view(j, labels_of[j.id], stages[j.id]) for j in jobs],
-            "next_cursor": jobs[-1].id if more and jobs else None}
+    return schemas.JobListOut(items=[job_view(j, labels_of[j.id], stages[j.id]) for j in jobs],
+                              next_cursor=jobs[-1].id if more and jobs else None)
 
 
-def cancel(db: Database, job_id: str) -> dict:
+def cancel(db: Database, job_id: str) -> schemas.JobOut:
     """A queued job is cancelled at once; a running one is asked to stop (the worker sends SIGTERM, then
     SIGKILL after the grace period) and ends `cancelled`; one that already ended is left as it is."""
     now = time.time()
@@ -179,7 +182,7 @@ def cancel(db: Database, job_id: str) -> dict:
     return get(db, job_id)
 
 
-def retry(db: Database, job_id: str) -> dict:
+def retry(db: Database, job_id: str) -> schemas.JobOut:
     """Run a failed or cancelled job again as a new attempt; finished stages are kept, the others resume."""
     now = time.time()
     with db.write() as s:
@@ -198,7 +201,7 @@ def retry(db: Database, job_id: str) -> dict:
     return get(db, job_id)
 
 
-def events(db: Database, job_id: str, after: int = 0, limit: int = 1000) -> list[dict]:
+def events(db: Database, job_id: str, after: int = 0, limit: int = 1000) -> list[schemas.EventOut]:
     with db.read() as s:
         if s.get(Job, job_id) is None:
             raise NotFound(f"job {job_id} not found")

@@ -7,11 +7,13 @@ from sqlalchemy import select
 
 from service.db import Database
 from service.db.models import Job, LogLine, Stage
+from service.api.schemas import LogLineOut
 from service.services.jobs import NotFound
+from service.services.views import log_line_view
 
 
 def read(db: Database, job_id: str, after: int = 0, limit: int = 1000, stage: str | None = None,
-         stream: str | None = None) -> tuple[list[dict], str]:
+         stream: str | None = None) -> tuple[list[LogLineOut], str]:
     """(lines after id `after`, the job's status) -- status tells a follower when to stop."""
     with db.read() as s:
         job = s.get(Job, job_id)
@@ -26,5 +28,4 @@ def read(db: Database, job_id: str, after: int = 0, limit: int = 1000, stage: st
             q = q.where(LogLine.stream == stream)
         rows = list(s.scalars(q))
         status = job.status
-    return [{"id": r.id, "time": r.time, "stage": names.get(r.stage_id), "attempt": r.attempt, "stream": r.stream,
-             "line": r.line} for r in rows], status
+    return [log_line_view(r, names.get(r.stage_id)) for r in rows], status

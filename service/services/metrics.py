@@ -9,11 +9,12 @@ from sqlalchemy import func, select
 
 from service.db import Database
 from service.db.models import Job, MetricPoint, Stage
+from service.api.schemas import MetricsOut, SeriesOut
 from service.services.jobs import NotFound
 
 
 def series(db: Database, job_id: str, keys: list[str] | None = None, max_points: int = 500,
-           stage: str | None = None, split: str | None = None) -> dict:
+           stage: str | None = None, split: str | None = None) -> MetricsOut:
     with db.read() as s:
         if s.get(Job, job_id) is None:
             raise NotFound(f"job {job_id} not found")
@@ -42,7 +43,7 @@ def series(db: Database, job_id: str, keys: list[str] | None = None, max_points:
                                  .where(*where).group_by(bucket).order_by(func.max(MetricPoint.step))).all()
                 points = [[st_, v, mn, mx] for st_, v, mn, mx in rows]
             st = stages.get(stage_id)
-            out.append({"run_id": stage_id, "stage": st.name if st else None, "key": key, "split": sp,
-                        "count": count, "downsampled": count > max_points, "points": points})
-    out.sort(key=lambda x: (stages[x["run_id"]].position if x["run_id"] in stages else 0, x["key"], x["split"]))
-    return {"job_id": job_id, "max_points": max_points, "series": out}
+            out.append(SeriesOut(stage_id=stage_id, run_id=stage_id, stage=st.name if st else None, key=key, split=sp,
+                                 count=count, downsampled=count > max_points, points=points))
+    out.sort(key=lambda x: (stages[x.stage_id].position if x.stage_id in stages else 0, x.key, x.split))
+    return MetricsOut(job_id=job_id, max_points=max_points, series=out)

@@ -5,6 +5,7 @@ import time
 
 from sqlalchemy import select, update
 
+from service.api.schemas import WorkerOut
 from service.db import Database
 from service.db.models import Worker
 from service.services.views import worker_view
@@ -33,7 +34,7 @@ def heartbeat(db: Database, worker_id: str, status: str | None = None, job_id: s
         s.execute(update(Worker).where(Worker.id == worker_id).values(**values))
 
 
-def list_workers(db: Database, timeout_s: float) -> list[dict]:
+def list_workers(db: Database, timeout_s: float) -> list[WorkerOut]:
     now = time.time()
     with db.read() as s:
         rows = list(s.scalars(select(Worker).order_by(Worker.started_at.desc())))

@@ -264,11 +264,11 @@ def test_lineage_from_training_to_export(dash, open_page):
     train, export = job["stages"]
     page, watch = open_page(dash.url, dash.read_token, f"#/jobs/{job['id']}")
     page.click("#lineage-link")
-    expect(page.locator("#lineage-run")).to_have_text("export")
+    expect(page.locator("#lineage-stage")).to_have_text("export")
     expect(page.locator(f"#lineage-graph g[data-node='{train['id']}']")).to_be_visible()
     expect(page.locator(f"#lineage-graph g[data-node='{export['id']}']")).to_be_visible()
     expect(page.locator("#lineage-edges")).to_contain_text("checkpoint")
-    lineage = dash.http.get(f"/v1/runs/{export['id']}/lineage").json()
+    lineage = dash.http.get(f"/v1/stages/{export['id']}/lineage").json()
     expect(page.locator("#lineage-graph g[data-node]")).to_have_count(len(lineage["nodes"]))
     page_shot(page, "lineage", height=560)
     page.locator(f"#lineage-graph g[data-node='{train['id']}']").click()

@@ -28,6 +28,7 @@ SCOPE = {
     ("get", "/v1/jobs/{job_id}/logs"): "read",
     ("get", "/v1/jobs/{job_id}/metrics"): "read",
     ("get", "/v1/jobs/{job_id}/artifacts"): "read",
+    ("get", "/v1/stages/{stage_id}/lineage"): "read",
     ("get", "/v1/runs/{run_id}/lineage"): "read",
     ("get", "/v1/artifacts/{artifact_id}/download"): "read",
     ("get", "/v1/workers"): "read",

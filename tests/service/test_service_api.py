@@ -9,6 +9,7 @@ import time
 import httpx
 import pytest
 
+from service.api import schemas
 from service_test_fixtures import stage
 
 SPEC = {"name": "api-job", "labels": {"team": "nlp"}, "stages": [stage("train", steps=3)]}
@@ -134,7 +135,8 @@ def test_bad_query_parameters_are_422(api):
         assert r.status_code == 422 and r.json()["errors"][0]["field"], (params, r.text)
     assert api.http.get("/v1/jobs/nope").status_code == 404
     assert api.http.get("/v1/jobs/nope/metrics").status_code == 404
-    assert api.http.get("/v1/runs/nope/lineage").status_code == 404
+    assert api.http.get("/v1/stages/nope/lineage").status_code == 404
+    assert api.http.get("/v1/runs/nope/lineage").status_code == 404  # the old path, kept for one release
     assert api.http.get("/v1/artifacts/nope/download").status_code == 404
 
 
@@ -223,4 +225,21 @@ def test_health_ready_metrics_openapi(api):
     assert om.text.endswith("# EOF\n") and "tinyforge_workers_alive" in om.text
     schema = api.http.get("/openapi.json").json()
     assert "JobSpec" in schema["components"]["schemas"]
-    assert "/v1/jobs:plan" in schema["paths"] and "/v1/runs/{run_id}/lineage" in schema["paths"]
+    assert "/v1/jobs:plan" in schema["paths"] and "/v1/stages/{stage_id}/lineage" in schema["paths"]
+    assert schema["paths"]["/v1/runs/{run_id}/lineage"]["get"]["deprecated"] is True
+    assert "deprecated" not in schema["paths"]["/v1/stages/{stage_id}/lineage"]["get"]
+
+
+def test_answers_are_the_response_models_and_only_what_each_view_fills(api):
+    """A listed job is the summary (no attempts, spec or stage configs); a shown one has them all; both
+    parse as schemas.JobOut, the model the server built them from (and service.client returns)."""
+    job = api.submit({**SPEC, "name": f"shape-{time.time()}"})
+    assert "attempts" in job and "spec" not in job and "config" not in job["stages"][0]  # the submit answer
+    listed = api.http.get("/v1/jobs", params={"name": job["name"]}).json()["items"][0]
+    assert {"attempts", "spec", "webhook_url", "comparison"}.isdisjoint(listed)
+    assert {"config", "run_dir", "summary", "inputs"}.isdisjoint(listed["stages"][0])
+    shown = api.http.get(f"/v1/jobs/{job['id']}").json()
+    assert {"attempts", "spec", "webhook_url", "comparison"} <= set(shown)
+    assert {"config", "run_dir", "summary", "inputs"} <= set(shown["stages"][0])
+    for body in (listed, shown):
+        assert schemas.JobOut.model_validate(body).model_dump(mode="json", exclude_unset=True) == body

@@ -46,7 +46,7 @@ def test_train_then_export_with_the_real_engine(real_service):
     splits = {s["split"] for s in m["series"] if s["stage"] == "train"}
     assert {"train", "val"} <= splits
     assert train["step"] == train["total_steps"] == 30
-    lineage = real_service.http.get(f"/v1/runs/{export['id']}/lineage").json()
+    lineage = real_service.http.get(f"/v1/stages/{export['id']}/lineage").json()
     assert {"from": train["id"], "to": export["id"], "role": "checkpoint"} in lineage["edges"]
 
 
@@ -82,8 +82,8 @@ def test_recipe_runs_every_stage_to_succeeded(real_service):
     assert by["parent"]["resolved_config"]["data"]["tokenizer"] == arts[("tokenizer", "large_tokenizer")]
     assert by["round2"]["resolved_config"]["init"]["checkpoint"] == arts[("round1", "checkpoint")]
     eval_run = done["stages"][-1]
-    lineage = real_service.http.get(f"/v1/runs/{eval_run['id']}/lineage").json()
-    names = {n.get("stage") for n in lineage["nodes"] if n["type"] == "run"}
+    lineage = real_service.http.get(f"/v1/stages/{eval_run['id']}/lineage").json()
+    names = {n.get("stage") for n in lineage["nodes"] if n["type"] == "stage"}
     assert {"tokenizer", "parent", "inherit", "round1", "round2"} <= names
 
 
@@ -102,7 +102,7 @@ def test_pipeline_stages_with_the_real_engine(real_service):
     by = {s["name"]: s for s in done["stages"]}
     assert list(by) == ["parent", "inherit", "round1", "round2", "export", "eval"]
     assert by["round2"]["summary"]["val_loss"] > 0 and by["eval"]["summary"]["val_bpb"] > 0
-    lineage = real_service.http.get(f"/v1/runs/{by['export']['id']}/lineage").json()
+    lineage = real_service.http.get(f"/v1/stages/{by['export']['id']}/lineage").json()
     chain = [("parent", "inherit"), ("inherit", "round1"), ("round1", "round2"), ("round2", "export")]
     names = {n["id"]: n.get("stage") for n in lineage["nodes"]}
     edges = {(names[e["from"]], names[e["to"]]) for e in lineage["edges"]}

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 
+from service.api.schemas import LogLineOut
 from service.client import Backoff, Client
 from service_test_fixtures import REPO, Service, stage
 
@@ -87,7 +88,8 @@ def test_follower_honours_retry_field_and_resumes_after_the_last_event(tmp_path)
     number = port.getsockname()[1]
     port.close()
     event = (b"retry: 1200\nid: 7\nevent: log\n"
-             b'data: {"id": 7, "stage": "train",\ndata:  "line": "two data lines, one event"}\n\n')
+             b'data: {"id": 7, "time": 1.5, "stage": "train", "attempt": 1, "stream": "stdout",\n'
+             b'data:  "line": "two data lines, one event"}\n\n')
     reply = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n"
              b"Connection: close\r\n\r\n" % len(event)) + event
     listener = CountingListener(number, reply)
@@ -100,7 +102,8 @@ def test_follower_honours_retry_field_and_resumes_after_the_last_event(tmp_path)
                 break
     finally:
         listener.close()
-    assert got == [{"id": 7, "stage": "train", "line": "two data lines, one event"}] * 3
+    assert got == [LogLineOut(id=7, time=1.5, stage="train", attempt=1, stream="stdout",
+                              line="two data lines, one event")] * 3  # parsed into the server's model
     gaps = [b - a for a, b in zip(listener.accepted, listener.accepted[1:])]
     assert len(gaps) == 2 and all(0.6 - 0.05 <= g <= 1.2 + 0.5 for g in gaps), gaps  # the server's retry: 1.2 s
     assert "last-event-id: 0" in listener.requests[0].lower()

@@ -88,9 +88,12 @@ def test_stages_run_in_order_and_everything_is_recorded(service):
     assert resumed == ids[10:]
 
     # lineage: tokenizer -> train, and the tokenizer's own input path
-    lin = service.http.get(f"/v1/runs/{train['id']}/lineage").json()
+    lin = service.http.get(f"/v1/stages/{train['id']}/lineage").json()
     assert {"from": tok["id"], "to": train["id"], "role": "echo"} in lin["edges"]
     assert any(n["type"] == "path" and n["path"] == str(service.home) for n in lin["nodes"])
+    assert {n["id"] for n in lin["nodes"] if n["type"] == "stage"} == {tok["id"], train["id"]}
+    assert lin["stage_id"] == lin["run_id"] == train["id"]
+    assert service.http.get(f"/v1/runs/{train['id']}/lineage").json() == lin  # the old path, one more release
 
     types = [e["type"] for e in service.http.get(f"/v1/jobs/{job['id']}/events").json()]
     assert types == ["submitted", "started", "stage_started", "stage_succeeded", "stage_started",

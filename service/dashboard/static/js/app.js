@@ -1,5 +1,5 @@
 // The shell: sign-in, navigation and a hash router (#/jobs, #/jobs/ID, #/compare?ids=..., #/submit,
-// #/lineage/RUN). Each page is a function (root, params) -> dispose().
+// #/lineage/STAGE). Each page is a function (root, params) -> dispose().
 
 import { session, signIn, signOut, setUnauthorizedHandler } from './api.js';
 import { h, replace } from './dom.js';

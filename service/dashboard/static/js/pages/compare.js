@@ -1,4 +1,4 @@
-// Compare: overlay several runs' curves (say round 2 with hard-sample replay against random sampling,
+// Compare: overlay several jobs' curves (say round 2 with hard-sample replay against random sampling,
 // inherited against random initialisation) and put their results side by side, with the per-round or
 // ablation tables that stages record in their summaries.
 
@@ -103,10 +103,10 @@ export function comparePage(root, query) {
 
   function render() {
     renderPicker();
-    const runs = [...selected].map((id) => data.get(id)).filter(Boolean);
-    const names = runs.map((r) => r.job.name);
+    const picked = [...selected].map((id) => data.get(id)).filter(Boolean);
+    const names = picked.map((r) => r.job.name);
     const label = (r) => (names.filter((n) => n === r.job.name).length > 1 ? `${r.job.name} (${r.job.id.slice(-6)})` : r.job.name);
-    const build = (key, split) => runs.flatMap((r, i) => {
+    const build = (key, split) => picked.flatMap((r, i) => {
       const ss = r.series.filter((s) => s.key === key && (!split || s.split === split) && (split || s.split === 'train'));
       const multi = new Set(ss.map((s) => s.stage)).size > 1;
       return ss.map((s, k) => ({ label: multi ? `${label(r)} · ${s.stage}` : label(r), points: s.points, count: s.count,
@@ -117,8 +117,8 @@ export function comparePage(root, query) {
     charts.other.title = OTHER.find(([k]) => k === other.value)[1];
     charts.other.el.querySelector('figcaption span').textContent = charts.other.title;
     charts.other.setSeries(build(other.value));
-    replace(summary, runs.length ? table(['', 'Job', 'Status', 'Stages', 'Steps', 'Last train loss', 'Held-out loss', 'Bits / byte', 'Tokens', 'Run time'],
-      runs.map((r, i) => {
+    replace(summary, picked.length ? table(['', 'Job', 'Status', 'Stages', 'Steps', 'Last train loss', 'Held-out loss', 'Bits / byte', 'Tokens', 'Run time'],
+      picked.map((r, i) => {
         const sums = r.job.stages.map((s) => s.summary || {});
         const lastWith = (k) => [...sums].reverse().find((s) => s[k] != null)?.[k];
         const sw = h('i', { class: 'sw' });
@@ -133,13 +133,13 @@ export function comparePage(root, query) {
           h('td', {}, fmtNum(lastWith('val_bpb'))), h('td', {}, fmtNum(lastWith('tokens'))),
           h('td', {}, run != null ? fmtDuration(run) : '–'));
       }), 'compare') : h('p', { class: 'empty' }, 'Pick two or more jobs to overlay their curves.'));
-    replace(tables, runs.flatMap((r) => summaryTables(r.job)));
+    replace(tables, picked.flatMap((r) => summaryTables(r.job)));
   }
 
   filter.addEventListener('input', renderPicker);
   other.addEventListener('change', render);
   root.append(
-    h('div', { class: 'page-head' }, h('h1', {}, 'Compare runs')),
+    h('div', { class: 'page-head' }, h('h1', {}, 'Compare jobs')),
     h('div', { class: 'compare-layout' },
       h('aside', { class: 'card' }, h('h2', {}, 'Jobs'), filter, picker),
       h('div', {},

@@ -1,5 +1,5 @@
-// Lineage: what a run was made from (tokenizer -> parent -> inherited child -> round 1 -> round 2 ->
-// export), from GET /v1/runs/{id}/lineage, drawn left to right in layers.
+// Lineage: what a stage was made from (tokenizer -> parent -> inherited child -> round 1 -> round 2 ->
+// export), from GET /v1/stages/{id}/lineage, drawn left to right in layers.
 
 import { api } from '../api.js';
 import { badge, h, replace, s, table } from '../dom.js';
@@ -36,7 +36,7 @@ function tail(path, parts = 2) { return path.split('/').filter(Boolean).slice(-p
 
 function clip(text, n) { return text.length > n ? `${text.slice(0, n - 1)}…` : text; }
 
-export function lineagePage(root, runId) {
+export function lineagePage(root, stageId) {
   root.dataset.page = 'lineage';
   const graph = h('div', { class: 'lineage-graph', id: 'lineage-graph' }, h('p', { class: 'muted' }, 'loading…'));
   const list = h('div', { id: 'lineage-edges' });
@@ -48,15 +48,15 @@ export function lineagePage(root, runId) {
   (async () => {
     let data;
     try {
-      data = await api(`/v1/runs/${encodeURIComponent(runId)}/lineage`);
+      data = await api(`/v1/stages/${encodeURIComponent(stageId)}/lineage`);
     } catch (e) {
       replace(graph, h('p', { class: 'notice error' }, e.message));
       return;
     }
     const byId = new Map(data.nodes.map((n) => [n.id, n]));
-    const start = byId.get(runId);
+    const start = byId.get(stageId);
     if (start?.job_id) { back.href = `#/jobs/${encodeURIComponent(start.job_id)}`; back.textContent = '← Job'; }
-    if (start) replace(title, 'Lineage of ', h('span', { id: 'lineage-run' }, start.stage || start.id));
+    if (start) replace(title, 'Lineage of ', h('span', { id: 'lineage-stage' }, start.stage || start.id));
     // one arrow per pair of nodes; a named role (checkpoint, tokenizer) says more than a plain "input"
     const pairs = new Map();
     for (const e of data.edges) {
@@ -76,7 +76,7 @@ export function lineagePage(root, runId) {
     }));
     const width = PAD * 2 + cols.length * W + (cols.length - 1) * GAP_X;
     const height = PAD * 2 + tallest * H + (tallest - 1) * GAP_Y;
-    const svg = s('svg', { viewBox: `0 0 ${width} ${height}`, width, height, role: 'img', 'aria-label': `lineage of ${start?.stage || runId}` });
+    const svg = s('svg', { viewBox: `0 0 ${width} ${height}`, width, height, role: 'img', 'aria-label': `lineage of ${start?.stage || stageId}` });
     for (const e of edges) {
       const a = pos.get(e.from), b = pos.get(e.to);
       if (!a || !b) continue;
@@ -88,14 +88,14 @@ export function lineagePage(root, runId) {
       s('path', { d: 'M 0 0 L 10 5 L 0 10 z', class: 'arrowhead' }))));
     for (const n of data.nodes) {
       const p = pos.get(n.id);
-      const isRun = n.type === 'run';
-      const g = s('g', { class: `node ${isRun ? `run st-${n.status}` : 'path'}${n.id === runId ? ' focus' : ''}`, transform: `translate(${p.x},${p.y})`,
-        'data-node': n.id, tabindex: isRun ? 0 : null },
-      s('title', {}, isRun ? `${n.stage} (${n.kind}) — ${n.status}\njob ${n.job_id}` : n.path),
+      const isStage = n.type === 'stage';
+      const g = s('g', { class: `node ${isStage ? `stage st-${n.status}` : 'path'}${n.id === stageId ? ' focus' : ''}`, transform: `translate(${p.x},${p.y})`,
+        'data-node': n.id, tabindex: isStage ? 0 : null },
+      s('title', {}, isStage ? `${n.stage} (${n.kind}) — ${n.status}\njob ${n.job_id}` : n.path),
       s('rect', { width: W, height: H, rx: 8 }),
-      s('text', { x: 10, y: 22, class: 'node-title' }, isRun ? clip(n.stage, 20) : clip(tail(n.path), 24)),
-      s('text', { x: 10, y: 42, class: 'node-sub' }, isRun ? `${n.kind} · ${n.status}` : 'input path'));
-      if (isRun) {
+      s('text', { x: 10, y: 22, class: 'node-title' }, isStage ? clip(n.stage, 20) : clip(tail(n.path), 24)),
+      s('text', { x: 10, y: 42, class: 'node-sub' }, isStage ? `${n.kind} · ${n.status}` : 'input path'));
+      if (isStage) {
         const open = () => { location.hash = `#/jobs/${encodeURIComponent(n.job_id)}`; };
         g.addEventListener('click', open);
         g.addEventListener('keydown', (e) => { if (e.key === 'Enter') open(); });
@@ -103,10 +103,10 @@ export function lineagePage(root, runId) {
       svg.append(g);
     }
     replace(graph, svg);
-    const label = (n) => (n.type === 'run' ? `${n.stage} (${n.kind})` : n.path);
+    const label = (n) => (n.type === 'stage' ? `${n.stage} (${n.kind})` : n.path);
     replace(list, table(['From', 'As', 'Into'], edges.map((e) => {
       const from = byId.get(e.from), to = byId.get(e.to);
-      const cell = (n) => (n.type === 'run'
+      const cell = (n) => (n.type === 'stage'
         ? h('td', {}, h('a', { href: `#/jobs/${encodeURIComponent(n.job_id)}` }, label(n)), ' ', badge(n.status))
         : h('td', { class: 'path' }, n.path));
       return h('tr', {}, cell(from), h('td', {}, h('code', {}, e.role)), cell(to));
