@@ -81,13 +81,16 @@ def lineage(db: Database, stage_id: str) -> LineageOut:
             return s.scalar(select(Artifact).where(or_(Artifact.path == path, Artifact.path == path.rstrip("/")))
                             .order_by(Artifact.created_at.desc()).limit(1))
 
+        def source_id(inp: dict) -> str | None:
+            return inp.get("stage_id") or inp.get("run_id")  # run_id: what rows written before the rename hold
+
         todo = deque([start])
         stage_node(start)
         while todo:
             st = todo.popleft()
             for inp in st.inputs or []:
                 role = inp.get("key") or inp.get("role") or "input"
-                src = s.get(Stage, inp["run_id"]) if inp.get("run_id") else None
+                src = s.get(Stage, source_id(inp)) if source_id(inp) else None
                 if src is None and inp.get("path"):
                     art = producer(inp["path"])
                     src = s.get(Stage, art.stage_id) if art else None
@@ -105,10 +108,10 @@ def lineage(db: Database, stage_id: str) -> LineageOut:
         for st in s.scalars(select(Stage).where(Stage.job_id == start.job_id, Stage.position > start.position)
                             .order_by(Stage.position)):
             for inp in st.inputs or []:
-                if inp.get("run_id") in below:
+                if source_id(inp) in below:
                     if st.id not in nodes:
                         stage_node(st)
                     below.add(st.id)
-                    edges.add((inp["run_id"], st.id, inp.get("key") or "input"))
+                    edges.add((source_id(inp), st.id, inp.get("key") or "input"))
     return LineageOut(stage_id=stage_id, run_id=stage_id, nodes=list(nodes.values()),
                       edges=[{"from": a, "to": b, "role": r} for a, b, r in sorted(edges)])

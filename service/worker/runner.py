@@ -104,7 +104,7 @@ class AttemptRunner:
                     raise refs.RefError((), f"${{{ref.text}}}: stage {ref.stage} recorded no artifact named or "
                                             f"typed {ref.key!r}; it recorded: {have}")
                 value = hit[-1].path
-            inputs.append({"ref": ref.text, "key": key, "run_id": src.id,
+            inputs.append({"ref": ref.text, "key": key, "stage_id": src.id,
                            "artifact": ref.key if ref.what == "artifacts" else None,
                            "path": value if ref.what != "summary" else None})
             return value

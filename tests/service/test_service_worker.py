@@ -58,6 +58,8 @@ def test_stages_run_in_order_and_everything_is_recorded(service):
     tok_art = next(a for a in arts if a["stage"] == "tokenizer")
     assert train["summary"]["echo"] == tok_art["path"]  # the reference was resolved before the stage ran
     assert Path(tok_art["path"]).is_relative_to(Path(tok["run_dir"]))
+    assert tok_art["stage_id"] == tok_art["run_id"] == tok["id"]  # run_id: the old name, one more release
+    assert [(i["stage_id"], i["path"]) for i in train["inputs"] if i.get("ref")] == [(tok["id"], tok_art["path"])]
 
     # downloads: a file as is, a directory as a tar stream
     assert service.http.get(tok_art["download_url"]).content == b"tokenizer tokenizer"
