@@ -22,7 +22,6 @@ from engine.inherit.source import open_parent
 from engine.inherit.spec import InheritSpec
 from engine.inherit.stream import StreamedParent
 from engine.inherit.vocab import beside, load_id_map
-from engine.paths import state_home
 from engine.run_record import RunRecord
 
 DATA_DEPTH = ("block_influence", "loss_rise")
@@ -35,15 +34,12 @@ def token_windows(calib, tokenizer_spec: str, split: str, n_batches: int, seed: 
     """n_batches x micro_batch windows of calib.seq_len tokens: a seeded sample of the train split
     (calibration), or the first windows of the validation split (seed None, as the trainer evaluates);
     and the UTF-8 bytes of text their targets stand for (the bits-per-byte denominator, as evaluate())."""
-    from engine.data import DataError, TokenData, prepare
-    from engine.tokenizers import load_tokenizer
+    from engine.data import DataError, TokenData, prepare_data
 
-    tok = load_tokenizer(tokenizer_spec)
+    root, tok = prepare_data(calib, tokenizer_spec, log=log)
     if tok.vocab_size > vocab_limit:
         raise ValueError(f"calib.tokenizer: {tokenizer_spec} has {tok.vocab_size} ids, more than the model's "
                          f"vocabulary of {vocab_limit}")
-    cache = Path(calib.cache_dir) if calib.cache_dir else state_home() / "datasets"
-    root = prepare(calib.sources, tok, cache, calib.val_fraction, calib.chunk_bytes, log=log)
     data = TokenData.open(root, split, calib.seq_len)
     mb = calib.micro_batch
     n = min(n_batches * mb, len(data) // mb * mb)
