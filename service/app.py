@@ -10,18 +10,18 @@ import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from service import dashboard
+from service import dashboard, planning
 from service.api import artifacts, errors, health, jobs, stages, tokens, workers
 from service.api.schemas import Problem
 from service.api.middleware import AccessLog, BodyLimit
 from service.auth import TokenCache
 from service.db import Database
 from service.db import migrate as migrations
+from service.jobspec import JobSpec
 from service.prom import Metrics
 from service.services import housekeeping
 from service.services.scheduling import WorkerSnapshot
 from service.settings import Settings
-from service.jobspec import JobSpec
 
 log = logging.getLogger("tinyforge.api")
 
@@ -34,6 +34,7 @@ def _housekeeping_loop(db: Database, settings: Settings, stop: threading.Event) 
 def create_app(settings: Settings | None = None, *, embedded_worker: bool = False, migrate: bool = True,
                worker_options: dict | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
+    planning.stage_schemas(settings.stage_specs)  # a kind without a loadable schema stops the server here
     settings.ensure_home()
     if migrate:
         migrations.upgrade(settings.url)

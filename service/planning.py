@@ -18,7 +18,7 @@ from engine.fields import Marker, marked_fields, values_at
 from engine.importing import import_object
 from service import refs
 from service.body import SpecError, error, pydantic_errors
-from service.jobspec import JobSpec
+from service.jobspec import KINDS, JobSpec
 
 
 class StageSchemaError(RuntimeError):
@@ -66,6 +66,12 @@ def stage_schema(registry: str, kind: str) -> tuple[type[BaseModel], str]:
     if not (isinstance(cls, type) and issubclass(cls, BaseModel)):
         raise StageSchemaError(f"stage kind {kind!r}: {specs[kind]} is not a pydantic model")
     return cls, specs[kind]
+
+
+def stage_schemas(registry: str) -> dict[str, type[BaseModel]]:
+    """Every accepted kind's schema, loaded now: the server calls this as it starts, so a broken registry
+    stops it there instead of at the first submission."""
+    return {kind: stage_schema(registry, kind)[0] for kind in KINDS}
 
 
 # ---------------------------------------------------------------- marked fields: paths, sizes, presets

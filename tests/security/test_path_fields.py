@@ -6,9 +6,12 @@ stage starts: a directory swapped for a symlink leading out after submission fai
 field, and the file outside is never opened."""
 from __future__ import annotations
 
+import copy
 import errno
 import os
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -39,23 +42,25 @@ def path_fields() -> list[tuple[str, tuple]]:
             for f in marked_fields(import_object(k.spec)) if f.marker.is_path]
 
 
+def nested(loc: tuple, value) -> tuple[object, tuple]:
+    """`value` wrapped to sit at `loc` (a list of one for EACH), and where it lands."""
+    if not loc:
+        return value, ()
+    inner, where = nested(loc[1:], value)
+    return ([inner], (0, *where)) if loc[0] == EACH else ({loc[0]: inner}, (loc[0], *where))
+
+
 def with_value(config: dict, loc: tuple, value: str) -> tuple[dict, tuple]:
-    """A copy of `config` holding `value` at the field `loc` (a list of one for EACH); where it landed."""
-    import copy
+    """A copy of `config` holding `value` at the field `loc`, the rest unchanged; where it landed."""
     out = copy.deepcopy(config)
-    node, where = out, []
+    node, where = out, ()
     for i, step in enumerate(loc):
-        last = i == len(loc) - 1 or (i == len(loc) - 2 and loc[-1] == EACH)
-        if step == EACH:
-            break
-        where.append(step)
-        if last:
-            node[step] = [value] if loc[-1] == EACH else value
-            if loc[-1] == EACH:
-                where.append(0)
-            break
-        node = node.setdefault(step, {})
-    return out, tuple(where)
+        if i < len(loc) - 1 and loc[i + 1] != EACH and isinstance(node.get(step), dict):
+            node, where = node[step], (*where, step)  # an existing section: keep its other fields
+            continue
+        node[step], rest = nested(loc[i + 1:], value)
+        return out, (*where, step, *rest)
+    raise AssertionError(loc)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +134,6 @@ def test_a_symlink_swapped_after_submission_fails_the_stage_before_it_starts(tmp
     outside.mkdir()
     # outside, the same name as a FIFO: a reader opening it would block, so the stage could not end
     os.mkfifo(outside / "a.txt")
-    import sys
     svc = Service(home, f"sqlite:///{tmp_path / 'tinyforge.db'}", TINYFORGE_STAGE_SPECS=PY_ENGINE,
                   TINYFORGE_ENGINE_COMMAND=f"{sys.executable} -m tinyforge.cli")
     try:
@@ -154,3 +158,26 @@ def test_a_symlink_swapped_after_submission_fails_the_stage_before_it_starts(tmp
         assert not _fifo_has_reader(outside / "a.txt")  # and nothing holds the file outside open
     finally:
         svc.close()
+
+
+def test_a_stage_kind_whose_schema_cannot_be_imported_fails_loudly(monkeypatch):
+    """Validation never turns itself off: a registry entry that does not import is an error naming it."""
+    import types
+
+    from service.jobspec import validate_spec
+    from service.planning import StageSchemaError, plan
+
+    registry = types.ModuleType("broken_registry")
+    registry.STAGE_SPECS = {"train": "no_such_module_here:TrainSpec", "eval": "engine.spec:NoSuchSpec"}
+    monkeypatch.setitem(sys.modules, "broken_registry", registry)
+    for kind, words in (("train", "cannot import 'no_such_module_here'"), ("eval", "has no attribute 'NoSuchSpec'"),
+                        ("export", "has no schema in broken_registry:STAGE_SPECS")):
+        with pytest.raises(StageSchemaError, match=words):
+            plan(validate_spec({"name": "x", "stages": [{"kind": kind, "config": {}}]}),
+                 registry="broken_registry:STAGE_SPECS", roots=(Path("/nonexistent"),))
+
+
+def test_a_server_whose_registry_does_not_import_does_not_start(tmp_path):
+    with pytest.raises(RuntimeError, match="serve did not start(.|\n)*cannot import 'no_such_registry_module'"):
+        Service(tmp_path / "home", f"sqlite:///{tmp_path / 'tinyforge.db'}",
+                TINYFORGE_STAGE_SPECS="no_such_registry_module:STAGE_SPECS")
