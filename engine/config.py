@@ -10,6 +10,10 @@ def ffn_size(hidden: int, ratio: float = 8 / 3, multiple_of: int = 64) -> int:
     return multiple_of * math.ceil(hidden * ratio / multiple_of)
 
 
+# the fields that are sizes (positive), checked here and marked on a job's model.overrides (engine/spec.py)
+SIZE_FIELDS = ("vocab_size", "n_layer", "n_embd", "n_head", "n_kv_head", "head_dim", "ffn_hidden", "block_size")
+
+
 @dataclass
 class ModelConfig:
     vocab_size: int
@@ -26,17 +30,20 @@ class ModelConfig:
     init_std: float = 0.02
 
     def __post_init__(self):
+        self._check_sizes()  # first as given: n_head 0 would divide by zero below
         self.n_kv_head = self.n_kv_head or self.n_head
         self.head_dim = self.head_dim or self.n_embd // self.n_head
         self.ffn_hidden = self.ffn_hidden or ffn_size(self.n_embd)
-        for name in ("vocab_size", "n_layer", "n_embd", "n_head", "n_kv_head", "head_dim", "ffn_hidden",
-                     "block_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"model.{name}: must be positive, got {getattr(self, name)}")
+        self._check_sizes()
         if self.n_head % self.n_kv_head:
             raise ValueError(f"model.n_kv_head: {self.n_kv_head} does not divide n_head={self.n_head}")
         if self.head_dim % 2:
             raise ValueError(f"model.head_dim: rotary needs an even head_dim, got {self.head_dim}")
+
+    def _check_sizes(self) -> None:
+        for name in SIZE_FIELDS:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ValueError(f"model.{name}: must be positive, got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
         return asdict(self)

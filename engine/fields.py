@@ -29,6 +29,7 @@ EACH = "*"  # a location step standing for every item of a list (or every value 
 class Marker:
     kind: Kind
     names: tuple[str, ...] = ()  # values that are built-in names, not paths (a tokenizer's "byte")
+    keys: tuple[str, ...] = ()  # on a mapping: the marker applies to the values of these keys
 
     @property
     def is_path(self) -> bool:
@@ -37,6 +38,8 @@ class Marker:
     def __get_pydantic_json_schema__(self, core_schema, handler):
         schema = handler(core_schema)
         schema["x-tinyforge"] = self.kind
+        if self.keys:
+            schema["x-tinyforge-keys"] = list(self.keys)
         return schema
 
 
@@ -45,6 +48,11 @@ OutputPath = Annotated[str, Marker("output_path")]
 TokenizerPath = Annotated[str, Marker("input_path", names=("byte",))]  # "byte": the built-in byte tokenizer
 Size = Annotated[PositiveInt, Marker("size")]
 Preset = Annotated[str, Marker("preset")]
+
+
+def sizes_at(*keys: str) -> Marker:
+    """For a mapping whose values under `keys` are sizes (a model's overrides: {"n_layer": 4, "rope_theta": ...})."""
+    return Marker("size", keys=keys)
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,9 @@ def _walk_type(tp: Any, metadata: tuple, loc: tuple, out: list, seen: tuple) -> 
         tp, *extra = typing.get_args(tp)
         metadata = metadata + tuple(extra)
     marker = next((m for m in metadata if isinstance(m, Marker)), None)
+    if marker is not None and marker.keys:  # a mapping: each named key is a field of its own
+        out.extend(MarkedField(loc + (key,), marker) for key in marker.keys)
+        return
     if marker is not None:
         out.append(MarkedField(loc, marker))
         return

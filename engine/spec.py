@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from engine import stages
-from engine.fields import InputPath, OutputPath, Preset, Size, TokenizerPath
+from engine.config import SIZE_FIELDS
+from engine.fields import InputPath, OutputPath, Preset, Size, TokenizerPath, sizes_at
 from engine.paths import BUNDLED_CORPUS
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -49,8 +50,8 @@ class Strict(BaseModel):
 
 class ModelSpec(Strict):
     preset: Preset = "tiny"
-    overrides: dict[str, int | float | bool] = Field(default_factory=dict,
-                                                     description="ModelConfig fields replacing the preset's")
+    overrides: Annotated[dict[str, int | float | bool], sizes_at(*SIZE_FIELDS)] = Field(
+        default_factory=dict, description="ModelConfig fields replacing the preset's")
 
 
 class DataSpec(Strict):

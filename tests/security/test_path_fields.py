@@ -181,3 +181,32 @@ def test_a_server_whose_registry_does_not_import_does_not_start(tmp_path):
     with pytest.raises(RuntimeError, match="serve did not start(.|\n)*cannot import 'no_such_registry_module'"):
         Service(tmp_path / "home", f"sqlite:///{tmp_path / 'tinyforge.db'}",
                 TINYFORGE_STAGE_SPECS="no_such_registry_module:STAGE_SPECS")
+
+
+def test_every_size_and_preset_field_of_every_stage_kind_is_checked(tmp_path):
+    """The same walk for the other marks: 0 in any size field (model.overrides' shape fields included) and
+    an unknown name in any preset field are refused, naming the field."""
+    from service.body import SpecError
+    from service.jobspec import validate_spec
+    from service.planning import plan
+
+    home = tmp_path / "home"
+    (home / "corpus").mkdir(parents=True)
+    (home / "corpus" / "a.txt").write_text("hello world\n" * 50)
+    (home / "ckpt").mkdir()
+    bases = base_configs(home)
+    marked = [(kind, f.loc, f.marker.kind) for kind, k in STAGES.items()
+              for f in marked_fields(import_object(k.spec)) if f.marker.kind in ("size", "preset")]
+    assert {("train", "steps", "size"), ("train", "model.overrides.n_layer", "size"), ("train", "model.preset", "preset"),
+            ("inherit", "child.n_layer", "size"), ("tokenizer", "sizes.*", "size"),
+            ("tokenizer", "preset", "preset")} <= {(kind, ".".join(loc), m) for kind, loc, m in marked}
+    for kind, loc, mark in marked:
+        config, where = with_value(bases[kind], loc, 0 if mark == "size" else "no-such-preset")
+        with pytest.raises(SpecError) as e:
+            plan(validate_spec({"name": "x", "stages": [{"kind": kind, "config": config}]}),
+                 registry=PY_ENGINE, roots=(home.resolve(),), cwd=home)
+        at = ("body", "stages", 0, "config", *where)
+        msgs = [err["msg"] for err in e.value.errors if tuple(err["loc"]) == at]
+        assert len(msgs) == 1, (kind, loc, e.value.errors)  # named once, even where the schema refuses it too
+        words = ("greater than 0", "must be positive") if mark == "size" else ("unknown preset 'no-such-preset'",)
+        assert any(w in msgs[0] for w in words), (kind, loc, msgs)
