@@ -22,7 +22,7 @@ class StageKind:
     distributed: bool  # runs one process per device (torchrun / DeepSpeed / srun) when given several
     # what its result.json records for later stages and the service to read back (docs/engine-contract.md):
     artifacts: tuple[str, ...]  # artifact names, referenced as ${stages.NAME.artifacts.<name>}
-    summary: tuple[str, ...] = ()  # summary keys read back (recipe comparison, dashboards)
+    summary: tuple[str, ...] = ()  # summary keys it always records: ${stages.NAME.summary.<key>}, the comparison
 
     def load_spec(self):
         from engine.importing import import_object
@@ -33,7 +33,7 @@ class StageKind:
         return import_object(self.entry, f"stage kind {self.name!r}: command")
 
 
-_TRAINED = ("steps", "tokens", "flops", "params", "val_loss", "val_bpb", "checkpoint")
+_TRAINED = ("steps", "tokens", "flops", "val_loss", "val_bpb", "checkpoint")  # train and rounds
 
 STAGES: dict[str, StageKind] = {k.name: k for k in (
     StageKind("tokenizer", "engine.spm.spec:TokenizerStageSpec", "tokenizer", "engine.commands.tokenizer:tokenizer",
@@ -41,9 +41,9 @@ STAGES: dict[str, StageKind] = {k.name: k for k in (
               # train: tokenizer; compact: large_tokenizer, tokenizer, id_map...; report: large_tokenizer, report...
               artifacts=("tokenizer", "large_tokenizer", "id_map", "id_map_npy", "counts", "counts_tsv",
                          "compact_summary", "report", "report_md", "plot"),
-              summary=("action", "vocab", "coverage")),
+              summary=("action", "seconds")),
     StageKind("train", "engine.spec:TrainSpec", "train", "engine.commands.train:train", distributed=True,
-              artifacts=("checkpoint", "loss_curve"), summary=_TRAINED),
+              artifacts=("checkpoint", "loss_curve"), summary=(*_TRAINED, "params")),
     StageKind("inherit", "engine.inherit.spec:InheritSpec", "inherit", "engine.commands.inherit:inherit",
               distributed=True, artifacts=("checkpoint", "report", "report_md", "report_plot"),
               summary=("checkpoint", "child_params", "parent_params", "layers")),
@@ -55,7 +55,8 @@ STAGES: dict[str, StageKind] = {k.name: k for k in (
               distributed=False, artifacts=("hf_model",), summary=("hf_dir",)),
     StageKind("ablate", "engine.ablate.spec:AblateSpec", "ablate", "engine.commands.ablate:ablate",
               distributed=False,
-              artifacts=("ablation", "ablation_md", "plot", "budget_curve", "large_tokenizer", "tokenizer")),
+              artifacts=("ablation", "ablation_md", "plot", "budget_curve", "large_tokenizer", "tokenizer"),
+              summary=("arms",)),
 )}
 
 # kind -> "module:Class" of its schema: the shape the service's TINYFORGE_STAGE_SPECS registry points at

@@ -124,6 +124,16 @@ def test_recipe_wiring_refuses_an_artifact_its_kind_does_not_record():
         output("eval", "checkpoint")
 
 
+def test_a_train_stage_records_what_the_registry_says(trained_run):
+    """The registry's artifacts and summary keys are what the stage writes (a micro run of the real trainer)."""
+    _, result = trained_run
+    kind = STAGES["train"]
+    assert result["kind"] == kind.name
+    assert {a["name"] for a in result["artifacts"]} <= set(kind.artifacts)
+    assert "checkpoint" in {a["name"] for a in result["artifacts"]}
+    assert set(kind.summary) <= set(result["summary"]), set(kind.summary) - set(result["summary"])
+
+
 # ---------------------------------------------------------------- failing loudly
 
 
