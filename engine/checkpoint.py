@@ -15,6 +15,7 @@ import os
 import shutil
 import struct
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +111,7 @@ def _encode(obj, key: str, tensors: dict, seen: dict):
     if type(obj) in (list, tuple):
         items = [_encode(v, f"{key}/{i}" if key else str(i), tensors, seen) for i, v in enumerate(obj)]
         return {TUPLE: items} if type(obj) is tuple else items
-    if type(obj) is dict:
+    if type(obj) in (dict, OrderedDict):  # a state dict is an OrderedDict; it comes back a dict, same order
         out = {}
         for k, v in obj.items():
             if type(k) is not str or k.startswith("$"):

@@ -140,6 +140,9 @@ def test_codec_round_trips_exactly_and_refuses_what_it_cannot_store(tmp_path):
     assert parts["model"]["embed.weight"] is parts["model"]["lm_head.weight"]  # tied: one tensor, stored once
     assert len(load_file(path / "model.safetensors")) == 5
     assert ckpt.load_tensor(path, "lm_head.weight").equal(tied)
+    sd = GPT(model_config("micro", vocab_size=padded_vocab(ByteTokenizer().vocab_size))).state_dict()  # ordered
+    back = ckpt.load(ckpt.save(tmp_path / "sd", 0, {"model": sd}, {}), ("model",))[1]["model"]
+    assert list(back) == list(sd) and all(torch.equal(back[k], sd[k]) for k in sd)
     with pytest.raises(TypeError, match="cannot store 'a/b' of type object"):
         ckpt.save(tmp_path, 4, {"train_state": {"a": {"b": object()}}}, {})
     with pytest.raises(TypeError, match=r"cannot store the key '\$tensor'"):
