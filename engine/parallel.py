@@ -134,7 +134,9 @@ class Parallel:
         else:
             self.wrapped = model
 
-    def forward_backward(self, x, y, micro_index: int, autocast) -> float:
+    def forward_backward(self, x, y, micro_index: int, autocast) -> torch.Tensor:
+        """The micro-batch's loss, detached and left on the device: the loop reads it once a step, so an
+        accelerator's queue is not drained after every micro-batch."""
         last = micro_index == self.accum - 1
         sync = self.wrapped.no_sync() if (self.strategy == "ddp" and not last) else nullcontext()
         with sync:
@@ -148,20 +150,22 @@ class Parallel:
                 self.engine.step()
             else:
                 (loss / self.accum).backward()
-        return loss.item()
+        return loss.detach()
 
     def set_lr(self, lr: float) -> None:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
 
-    def step(self) -> float:
+    def step(self) -> float | torch.Tensor:
+        """Clip, update, zero the gradients; the gradient norm before clipping (a device tensor, read
+        only at log steps)."""
         if self.engine is not None:
             norm = self.engine.get_global_grad_norm()
             return float(norm) if norm is not None else float("nan")
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec.optim.grad_clip or float("inf"))
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return norm.item()
+        return norm.detach()
 
     # --- consolidated state: identical format whatever the strategy and world size -------------
     def full_state(self) -> tuple[dict, dict]:

@@ -323,11 +323,12 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
                 par.set_lr(lr)
                 windows = rank_slice(sampler.windows(step), world.rank, world.size)
                 done = injected.step = step + 1
-                loss_sum = 0.0
+                losses = []  # device tensors, read once a step: no host sync between micro-batches
                 for m in range(par.accum):
                     x, y = train_data.batch(windows[m * spec.micro_batch:(m + 1) * spec.micro_batch])
-                    loss_sum += par.forward_backward(x.to(backend.device), y.to(backend.device), m, backend.autocast())
-                loss_val = distributed.mean_across(loss_sum / par.accum, world, backend.device)
+                    losses.append(par.forward_backward(x.to(backend.device), y.to(backend.device), m,
+                                                       backend.autocast()))
+                loss_val = distributed.mean_across(sum(map(float, losses)) / par.accum, world, backend.device)
                 step += 1
                 finite = math.isfinite(loss_val)
                 if finite:
@@ -343,6 +344,7 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
                         step = back
                         continue
                 if finite and (done % spec.log_every == 0 or done == spec.steps):
+                    grad_norm = float(grad_norm)
                     dt = time.perf_counter() - t_last
                     steps_done = spec.log_every if done % spec.log_every == 0 else done % spec.log_every
                     tps = tokens_per_step * steps_done / dt

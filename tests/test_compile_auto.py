@@ -56,3 +56,24 @@ def test_short_run_records_the_decision(trained_run):
     assert decision and decision[0]["enabled"] is False and decision[0]["message"].startswith("auto -> eager"), events
     result = json.loads((out / "result.json").read_text())
     assert result["summary"]["compile"] == {"enabled": False, "first_step_s": None}
+
+
+def test_compiled_scoring_pass_matches_eager():
+    """The rounds' scoring pass compiled (a long pool) gives the eager per-sequence losses up to bf16 rounding."""
+    import torch
+
+    from engine.backend import resolve
+    from engine.config import model_config
+    from engine.model import GPT
+    from engine.rounds.score import sequence_losses
+
+    backend = resolve("cpu", "bf16")
+    torch.manual_seed(0)
+    model = GPT(model_config("tiny", vocab_size=256, block_size=64), backend.ops).eval()
+    x = torch.randint(0, 256, (6, 64))
+    y = torch.randint(0, 256, (6, 64))
+    eager = sequence_losses(model, x, y, backend)
+    compiled = sequence_losses(model, x, y, backend, compiled=True)
+    assert eager.shape == compiled.shape == (6,)
+    torch.testing.assert_close(compiled, eager, rtol=2e-2, atol=2e-2)
+    assert not torch.equal(eager[:3], eager[3:])  # six different sequences, not one number

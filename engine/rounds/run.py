@@ -141,6 +141,17 @@ class Stage:
         return {"n_items": n_items, "n0": n0, "steps": self.spec.steps or one_pass}
 
     # --- score -------------------------------------------------------------------------------
+    def score_compile(self, n_windows: int, flops_per_token: float) -> tuple[bool, str]:
+        """torch.compile the scoring pass when the pool is long enough to repay it: the training rule
+        (engine/compiling.py, `compile` of this config) on the pool's forward-only FLOPs."""
+        from engine import compiling
+        from engine.peaks import device_peak
+        peak, _ = device_peak(self.backend.device, self.backend.autocast_dtype)
+        on, why, _ = compiling.decide(self.spec.compile, steps=1, tokens_per_step=n_windows * self.seq_len,
+                                      flops_per_token=flops_per_token / 3, peak_flops=peak,
+                                      device_type=self.backend.device.type, strategy="none")
+        return on, why
+
     def score(self, rdir: Path, checkpoint: str, pool: Pool, k: int, offset: int = 0, total: int = 0) -> dict:
         """Loss of every pool item under `checkpoint` (minus the reference's for reducible loss):
         writes rdir/item_scores.npy and pool_ids.npy; returns the scoring stats."""
@@ -153,7 +164,12 @@ class Stage:
             if model.config.vocab_size < self.vocab:
                 raise ValueError(f"reference: {path} has {model.config.vocab_size} vocabulary rows, fewer than the "
                                  f"tokenizer's {self.vocab}")
-            key = fingerprint(manifest, self.data_dir, windows, self.seq_len, spec.score_chunk, spec.precision)
+            fpt = flops_per_token(ModelConfig.from_dict(manifest["model_config"]), self.seq_len)
+            compiled, why = self.score_compile(len(windows), fpt)
+            self.log(f"round {k}: scoring with the {name}, compile {'on' if compiled else 'off'}: {why}")
+            # compiled and eager losses differ in the last bits: chunks of the other kind are not reused
+            key = {**fingerprint(manifest, self.data_dir, windows, self.seq_len, spec.score_chunk, spec.precision),
+                   "compiled": compiled}
             every = max(1, -(-len(windows) // spec.score_chunk) // 10)
 
             def progress(done, n, name=name):
@@ -164,10 +180,10 @@ class Stage:
                     self.record.progress(offset, total or offset, None, f"round {k}: scoring {done}/{n}")
 
             sp = score_windows(model, self.train_data, windows, rdir / "scores" / name, key, backend=self.backend,
-                               world=self.world, micro_batch=mb, chunk=spec.score_chunk, progress=progress)
+                               world=self.world, micro_batch=mb, chunk=spec.score_chunk, progress=progress,
+                               compiled=compiled)
             del model
             losses = sp.losses if losses is None else losses - sp.losses
-            fpt = flops_per_token(ModelConfig.from_dict(manifest["model_config"]), self.seq_len)
             stats["tokens"] += sp.tokens
             stats["seconds"] += sp.seconds
             stats["flops"] += sp.tokens * fpt / 3  # forward only: a third of the training FLOPs

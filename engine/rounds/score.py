@@ -32,19 +32,37 @@ LOGIT_BYTES = 256 << 20  # fp32 logits materialised at once while scoring
 
 
 @torch.inference_mode()
-def sequence_losses(model: GPT, x: torch.Tensor, y: torch.Tensor, backend: Backend) -> torch.Tensor:
+def sequence_losses(model: GPT, x: torch.Tensor, y: torch.Tensor, backend: Backend,
+                    compiled: bool = False) -> torch.Tensor:
     """Mean cross-entropy of each row of x -> y, [B] fp32 on the CPU. The output projection runs on a
-    few rows at a time so that a large scoring batch never holds its full [B, T, V] logits."""
+    few rows at a time so that a large scoring batch never holds its full [B, T, V] logits. `compiled`:
+    through torch.compile (a long pool repays it: the element-wise ops and the log-softmax fuse)."""
     with backend.autocast():
-        h = model.hidden(x)
-        w = model.lm_head.weight
-        rows = max(1, LOGIT_BYTES // (4 * x.shape[1] * w.shape[0]))
-        out = []
-        for i in range(0, x.shape[0], rows):
-            logits = F.linear(h[i:i + rows], w).float()
-            ce = F.cross_entropy(logits.flatten(0, 1), y[i:i + rows].flatten(), reduction="none")
-            out.append(ce.view(logits.shape[0], -1).mean(1))
-    return torch.cat(out).float().cpu()
+        return (_compiled_losses if compiled else _losses)(model, x, y).float().cpu()
+
+
+def _losses(model: GPT, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    h = model.hidden(x)
+    w = model.lm_head.weight
+    rows = max(1, LOGIT_BYTES // (4 * x.shape[1] * w.shape[0]))
+    out = []
+    for i in range(0, x.shape[0], rows):
+        logits = F.linear(h[i:i + rows], w).float()
+        ce = F.cross_entropy(logits.flatten(0, 1), y[i:i + rows].flatten(), reduction="none")
+        out.append(ce.view(logits.shape[0], -1).mean(1))
+    return torch.cat(out)
+
+
+def _compiled_losses(model: GPT, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    global _compiled
+    if _compiled is None:
+        from engine.compiling import enable_persistent_cache
+        enable_persistent_cache()
+        _compiled = torch.compile(_losses)
+    return _compiled(model, x, y)
+
+
+_compiled = None
 
 
 @dataclass
@@ -69,7 +87,8 @@ def fingerprint(manifest: dict, data_dir: Path, windows: np.ndarray, seq_len: in
 
 
 def score_windows(model: GPT, data: TokenData, windows: np.ndarray, out_dir: str | Path, key: dict, *,
-                  backend: Backend, world: World, micro_batch: int, chunk: int, progress=None) -> ScorePass:
+                  backend: Backend, world: World, micro_batch: int, chunk: int, progress=None,
+                  compiled: bool = False) -> ScorePass:
     """Loss of every window in `windows`, resumable from `out_dir`. `progress(done, total)` is called
     after each chunk; SIGTERM stops after the chunk in hand (engine.train.Preempted)."""
     from engine.train import Preempted
@@ -104,7 +123,7 @@ def score_windows(model: GPT, data: TokenData, windows: np.ndarray, out_dir: str
             path = out / f"chunk_{c:06d}.npy"
             values = _load_chunk(path, hi - lo)
             if values is None:
-                values = _score_range(model, data, windows[lo:hi], micro_batch, backend)
+                values = _score_range(model, data, windows[lo:hi], micro_batch, backend, compiled)
                 _save_atomic(path, values)
                 full[-1] += hi - lo
             else:
@@ -129,11 +148,12 @@ def score_windows(model: GPT, data: TokenData, windows: np.ndarray, out_dir: str
     return ScorePass(losses, scored * data.seq_len, time.perf_counter() - t0, n_chunks, resumed)
 
 
-def _score_range(model: GPT, data: TokenData, windows: np.ndarray, micro_batch: int, backend: Backend) -> np.ndarray:
+def _score_range(model: GPT, data: TokenData, windows: np.ndarray, micro_batch: int, backend: Backend,
+                 compiled: bool) -> np.ndarray:
     out = []
     for s in range(0, len(windows), micro_batch):
         x, y = data.batch(windows[s:s + micro_batch])
-        out.append(sequence_losses(model, x.to(backend.device), y.to(backend.device), backend).numpy())
+        out.append(sequence_losses(model, x.to(backend.device), y.to(backend.device), backend, compiled).numpy())
     return np.concatenate(out).astype(np.float64)
 
 
