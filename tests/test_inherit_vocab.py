@@ -13,7 +13,7 @@ from engine.inherit.spec import InheritSpec
 from engine.model import GPT
 from tests.conftest import SAMPLE
 
-compact = pytest.importorskip("engine.spm.compact", reason="the compact-tokenizer tooling (engine/spm) is absent")
+from engine.spm import compact  # the project's own module: absent must fail, not skip
 spm = pytest.importorskip("sentencepiece")
 
 

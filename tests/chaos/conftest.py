@@ -1,4 +1,4 @@
-"""Fixtures of the service-level fault-injection tests: the service helpers of tests/service (real
+"""Fixtures of the service-level fault-injection tests: the service harness of tests/support (real
 `tinyforge serve` and `tinyforge worker` processes, SQLite files and throw-away PostgreSQL schemas), plus
 what chaos needs on top: an API process that can be SIGKILLed and restarted on the same port, a look
 at the live processes writing into a run directory, a PostgreSQL restart, a consistency check of the
@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.fixture_modules import load as _load
+from tests.support import service as svc_fixtures
 
 # test modules import these helpers as `chaos_fixtures` (a bare `conftest` is ambiguous)
 if __name__ in sys.modules:
@@ -27,7 +28,6 @@ if __name__ in sys.modules:
 HERE = Path(__file__).resolve().parent
 TESTS = HERE.parent
 
-svc_fixtures = _load("service_test_fixtures", TESTS / "service" / "conftest.py")
 chaos_record = _load("chaos_record", TESTS / "chaos_record.py")
 Service, base_env, stage, PY, REPO = (svc_fixtures.Service, svc_fixtures.base_env, svc_fixtures.stage,
                                       svc_fixtures.PY, svc_fixtures.REPO)

@@ -1,6 +1,6 @@
 """Four worker processes on PostgreSQL drain 200 short jobs: every job runs exactly once. Checked in the
 database (one attempt, one `started` event per job) and by a side effect of each real execution (a line
-appended per engine process, tests/chaos/once_engine.py)."""
+appended per engine process by tests/support/fake_engine.py when $CHAOS_SIDE_EFFECTS names a file)."""
 from __future__ import annotations
 
 import collections
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from chaos_fixtures import HERE, PY, ChaosService, consistency_problems, stage
+from chaos_fixtures import ChaosService, consistency_problems, stage
 
 JOBS, WORKERS, CLIENTS = 200, 4, 4
 
@@ -19,8 +19,7 @@ def test_four_workers_run_two_hundred_jobs_exactly_once(tmp_path, pg_url, figure
     figures.update(name="workers_exactly_once_pg", fault=f"{WORKERS} workers racing to claim {JOBS} jobs "
                                                          "(PostgreSQL, SKIP LOCKED)")
     side = tmp_path / "executions.log"
-    svc = ChaosService(tmp_path / "home", pg_url, TINYFORGE_ENGINE_COMMAND=f"{PY} {HERE / 'once_engine.py'}",
-                       CHAOS_SIDE_EFFECTS=side)
+    svc = ChaosService(tmp_path / "home", pg_url, CHAOS_SIDE_EFFECTS=side)  # the fake engine logs each run there
     try:
         for i in range(WORKERS):
             svc.worker(f"w{i}")

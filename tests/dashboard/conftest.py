@@ -1,16 +1,17 @@
 """Fixtures of the dashboard tests: Debian's chromium (installed with apt-get when missing) driven by
 Playwright, and a real `tinyforge serve` with its embedded worker running the real engine commands
-(the Service helper of tests/service). The browser fixtures are in tests/conftest.py. Screenshots go to tests/dashboard/artifacts/ and, with
+(the Service helper of tests/support/service.py). The browser fixtures are in tests/conftest.py. Screenshots go to tests/dashboard/artifacts/ and, with
 UPDATE_DOCS_SCREENSHOTS=1, to docs/img/."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.support.service import Service  # noqa: F401 - the dashboard tests import it from here
 
 # test modules import these helpers as `dashboard_fixtures` (a bare `conftest` is ambiguous)
 if __name__ in sys.modules:
@@ -22,17 +23,6 @@ ARTIFACTS = Path(os.environ.get("DASHBOARD_ARTIFACTS", HERE / "artifacts"))
 DOCS_IMG = REPO / "docs" / "img"
 
 
-def _service_fixtures():
-    """tests/service/conftest.py under its own module name (both directories have a conftest.py)."""
-    spec = importlib.util.spec_from_file_location("service_test_fixtures", REPO / "tests" / "service" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-svc_fixtures = _service_fixtures()
-Service = svc_fixtures.Service
-FAKE_ENGINE_DIR = REPO / "tests" / "service"
 # the real engine commands (as tests/service/test_service_e2e.py), with a short cancel grace
 REAL_ENGINE = {"TINYFORGE_STAGE_SPECS": "engine.spec:STAGE_SPECS",
                "TINYFORGE_ENGINE_COMMAND": f"{sys.executable} -m tinyforge.cli",

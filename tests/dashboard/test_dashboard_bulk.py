@@ -1,33 +1,32 @@
-"""With tests/dashboard/bulk_engine.py as the engine: charts stay light with 100k metric points per run
-(the dashboard asks the API for at most about one point per pixel and draws each downsampled bucket's
+"""With the fake engine in bulk mode (tests/support/fake_engine.py, bulk_chunks): charts stay light with
+100k metric points per run (the dashboard asks the API for at most about one point per pixel and draws each downsampled bucket's
 min-max band), and the compare view shows the per-round table a rounds stage records."""
 from __future__ import annotations
 
-import sys
 from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from dashboard_fixtures import HERE, Service, page_shot
+from dashboard_fixtures import Service, page_shot
 
 pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra: pip install -e '.[dev]'")
 from playwright.sync_api import expect  # noqa: E402
 
 pytestmark = pytest.mark.slow
 STEPS = 100_000
+BULK = {"bulk_chunks": 20}  # the run's metrics in 20 large writes, as a trainer flushing a buffer
 
 
 @pytest.fixture(scope="module")
 def bulk(tmp_path_factory):
     home = tmp_path_factory.mktemp("bulk")
-    svc = Service(home / "home", f"sqlite:///{home / 'tf.db'}", embedded_worker=True,
-                  TINYFORGE_ENGINE_COMMAND=f"{sys.executable} {HERE / 'bulk_engine.py'}")
+    svc = Service(home / "home", f"sqlite:///{home / 'tf.db'}", embedded_worker=True)
     yield svc
     svc.close()
 
 
 def test_a_100k_point_run_is_drawn_from_downsampled_series(bulk, open_page):
-    job = bulk.submit({"name": "long-run", "stages": [{"kind": "train", "config": {"steps": STEPS}}]})
+    job = bulk.submit({"name": "long-run", "stages": [{"kind": "train", "config": {"steps": STEPS, **BULK}}]})
     done = bulk.wait(job["id"], timeout=300)
     assert done["status"] == "succeeded", done
     metric_requests = []
@@ -54,8 +53,8 @@ def test_a_100k_point_run_is_drawn_from_downsampled_series(bulk, open_page):
 
 
 def test_compare_shows_the_round_table_a_rounds_stage_records(bulk, open_page):
-    spec = {"name": "two-rounds", "stages": [{"kind": "train", "config": {"steps": 200}},
-                                             {"kind": "rounds", "config": {"steps": 400}}]}
+    spec = {"name": "two-rounds", "stages": [{"kind": "train", "config": {"steps": 200, **BULK}},
+                                             {"kind": "rounds", "config": {"steps": 400, **BULK}}]}
     job = bulk.wait(bulk.submit(spec)["id"], timeout=120)
     assert job["status"] == "succeeded", job
     rounds = job["stages"][1]["summary"]["rounds"]

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from service.api import schemas
-from service_test_fixtures import stage
+from tests.support.service import stage
 
 SPEC = {"name": "api-job", "labels": {"team": "nlp"}, "stages": [stage("train", steps=3)]}
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import yaml
 
-from service_test_fixtures import REPO, Service, stage
+from tests.support.service import REPO, Service, stage
 
 
 @pytest.fixture(scope="module")

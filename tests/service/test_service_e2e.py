@@ -2,7 +2,6 @@
 subprocesses -> succeeded. Slow (real training on CPU); they run in CI."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -10,16 +9,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service_test_fixtures import REPO, Service
-from tinyforge.cli import COMMANDS
+from tests.support.service import REPO, Service
 
 REAL_ENGINE = {"TINYFORGE_STAGE_SPECS": "engine.spec:STAGE_SPECS",
                "TINYFORGE_ENGINE_COMMAND": f"{sys.executable} -m tinyforge.cli",
                "TINYFORGE_LEASE_S": "60", "TINYFORGE_CANCEL_GRACE_S": "30"}
-
-
-def missing_commands(*names: str) -> list[str]:
-    return [n for n in names if importlib.util.find_spec(COMMANDS[n].split(":")[0]) is None]
 
 
 @pytest.fixture
@@ -30,8 +24,6 @@ def real_service(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(bool(missing_commands("train", "export-hf")),
-                    reason=f"engine commands not written yet: {missing_commands('train', 'export-hf')}")
 def test_train_then_export_with_the_real_engine(real_service):
     spec = yaml.safe_load((REPO / "examples" / "train-export.yaml").read_text())
     job = real_service.submit(spec, key="e2e-train-export")
@@ -50,12 +42,7 @@ def test_train_then_export_with_the_real_engine(real_service):
     assert {"from": train["id"], "to": export["id"], "role": "checkpoint"} in lineage["edges"]
 
 
-RECIPE_COMMANDS = ("tokenizer", "train", "inherit", "rounds", "export-hf", "eval")
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(bool(missing_commands(*RECIPE_COMMANDS)),
-                    reason=f"engine commands not written yet: {', '.join(missing_commands(*RECIPE_COMMANDS))}")
 def test_recipe_runs_every_stage_to_succeeded(real_service):
     spec = yaml.safe_load((REPO / "examples" / "recipe.yaml").read_text())
     small = {"steps": 20, "micro_batch": 4, "seq_len": 64, "eval_every": 10, "eval_batches": 2, "checkpoint_every": 10,
@@ -87,12 +74,7 @@ def test_recipe_runs_every_stage_to_succeeded(real_service):
     assert {"tokenizer", "parent", "inherit", "round1", "round2"} <= names
 
 
-PIPELINE_COMMANDS = ("train", "inherit", "rounds", "export-hf", "eval")
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(bool(missing_commands(*PIPELINE_COMMANDS)),
-                    reason=f"engine commands not written yet: {', '.join(missing_commands(*PIPELINE_COMMANDS))}")
 def test_pipeline_stages_with_the_real_engine(real_service):
     spec = yaml.safe_load((REPO / "examples" / "pipeline.yaml").read_text())
     job = real_service.submit(spec)

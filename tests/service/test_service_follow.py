@@ -12,7 +12,7 @@ import time
 
 from service.api.schemas import LogLineOut
 from service.client import Backoff, Client
-from service_test_fixtures import REPO, Service, stage
+from tests.support.service import REPO, Service, stage
 
 
 class CountingListener:

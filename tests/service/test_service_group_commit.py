@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import random
-from pathlib import Path
 
 from sqlalchemy import func, select
 
@@ -16,12 +15,9 @@ from service.services.jobs import Conflict
 from service.services.scheduling import WorkerSnapshot
 from service.settings import Settings
 
-HERE = Path(__file__).resolve().parent
 
-
-def test_concurrent_submissions_commit_in_batches_without_duplicates(db_url, tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(HERE))
-    settings = Settings(home=tmp_path, database_url=db_url, stage_specs="fake_specs:STAGE_SPECS",
+def test_concurrent_submissions_commit_in_batches_without_duplicates(db_url, tmp_path):
+    settings = Settings(home=tmp_path, database_url=db_url, stage_specs="tests.support.fake_specs:STAGE_SPECS",
                         data_roots=(tmp_path,))
     migrate.upgrade(db_url)
     db = Database(db_url)
@@ -36,7 +32,7 @@ def test_concurrent_submissions_commit_in_batches_without_duplicates(db_url, tmp
         spec = {"name": "other" if other_body else "same", "stages": [{"kind": "train", "config": {"steps": 2}}]}
         try:
             job, created = jobs.submit(db, settings, workers, spec, key, None)
-            return key, other_body, job["id"], created
+            return key, other_body, job.id, created
         except Conflict:
             return key, other_body, "conflict", False
 

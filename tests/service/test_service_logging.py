@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from service_test_fixtures import Service, stage
+from tests.support.service import Service, stage
 
 
 def test_access_log_json_and_request_id_in_header_and_job_events(tmp_path):

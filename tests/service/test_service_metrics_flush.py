@@ -2,24 +2,19 @@
 point stored: the final flush drains the file."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-from conftest import Service
+from tests.support.service import Service
 
 pytestmark = pytest.mark.slow
-BULK = Path(__file__).resolve().parents[1] / "dashboard" / "bulk_engine.py"
 
 
 def test_final_flush_stores_every_point_of_a_large_last_write(tmp_path):
     steps = 101_000  # ~9.6 MiB of JSON lines, written at once at the end of the stage
-    svc = Service(tmp_path / "home", f"sqlite:///{tmp_path / 'tf.db'}", embedded_worker=True,
-                  TINYFORGE_ENGINE_COMMAND=f"{sys.executable} {BULK}", BULK_ENGINE_CHUNKS="1")
+    svc = Service(tmp_path / "home", f"sqlite:///{tmp_path / 'tf.db'}", embedded_worker=True)
     try:
         job = svc.submit({"name": "one-big-write", "stages": [{"kind": "train",
-                                                               "config": {"steps": steps}}]})
+                                                               "config": {"steps": steps, "bulk_chunks": 1}}]})
         done = svc.wait(job["id"], timeout=300)
         assert done["status"] == "succeeded", done
         r = svc.http.get(f"/v1/jobs/{job['id']}/metrics", params={"keys": "loss", "max_points": 100})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from service_test_fixtures import Service, stage
+from tests.support.service import Service, stage
 
 
 @pytest.fixture(scope="module")

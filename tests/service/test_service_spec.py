@@ -1,7 +1,6 @@
 """Job spec validation and recipe expansion (no server): every error names its field."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -164,9 +163,6 @@ def test_reference_substitution():
 
 
 def test_fake_registry_accepts_its_own_knobs():
-    os.environ.setdefault("PYTHONPATH", "")
-    import sys
-    sys.path.insert(0, str(Path(__file__).parent))
     p = run_plan({"name": "x", "stages": [{"kind": "train", "config": {"steps": 3, "step_time": 0}}]},
-                 registry="fake_specs:STAGE_SPECS")
-    assert p.stages[0].config["steps"] == 3 and p.stages[0].validated_by == "fake_specs:FakeStage"
+                 registry="tests.support.fake_specs:STAGE_SPECS")
+    assert p.stages[0].config["steps"] == 3 and p.stages[0].validated_by == "tests.support.fake_specs:FakeStage"

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from service_test_fixtures import Service, stage
+from tests.support.service import Service, stage
 
 
 def running_at(step: int):

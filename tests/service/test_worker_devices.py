@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from service.worker import devices
-from service_test_fixtures import stage
+from tests.support.service import stage
 
 
 def fake_dev(tmp_path, *names):

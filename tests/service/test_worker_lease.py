@@ -3,7 +3,6 @@ token owns the attempt, a write raises LeaseLost and commits nothing; an outage 
 in LeaseLost instead of retrying forever."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
@@ -17,13 +16,10 @@ from service.settings import Settings
 from service.worker import scheduler
 from service.worker.lease import Lease, LeaseLost
 
-HERE = Path(__file__).resolve().parent
-
 
 @pytest.fixture
-def claimed(db_url, tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(HERE))
-    settings = Settings(home=tmp_path, database_url=db_url, stage_specs="fake_specs:STAGE_SPECS",
+def claimed(db_url, tmp_path):
+    settings = Settings(home=tmp_path, database_url=db_url, stage_specs="tests.support.fake_specs:STAGE_SPECS",
                         data_roots=(tmp_path,))
     migrate.upgrade(db_url)
     db = Database(db_url)

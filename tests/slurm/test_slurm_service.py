@@ -1,16 +1,10 @@
 """The service running stages through the slurm launcher: a real `tinyforge serve` and worker (the
-service tests' Service helper and contract-honouring fake engine) against the real single-node Slurm."""
+harness and fake engine of tests/support) against the real single-node Slurm."""
 from __future__ import annotations
-
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("service_test_fixtures", HERE.parent / "service" / "conftest.py")
-fixtures = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fixtures)
+from tests.support import service as fixtures
 
 pytestmark = pytest.mark.slow
 SLURM = {"launcher": "slurm", "backend": "cpu"}
