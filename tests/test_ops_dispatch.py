@@ -31,8 +31,9 @@ def test_one_operator_switched_back_to_reference_on_top_of_cuda_defaults():
 
 
 def test_resolve_cpu_with_an_override_records_it():
-    backend = resolve("cpu", "fp32", {"linear_cross_entropy": "chunked"})
-    assert backend.ops.linear_cross_entropy is engine.chunked_ops.linear_cross_entropy
+    backend = resolve("cpu", "fp32", {"attention": "torch"})
+    assert backend.ops.attention is engine.ops.attention
+    assert backend.ops.linear_cross_entropy is engine.chunked_ops.linear_cross_entropy  # the CPU default stays
     assert backend.ops.rms_norm is engine.ops.rms_norm
     described = backend.describe()
     assert described["ops"] == {**{op: "torch" for op in OP_NAMES}, "linear_cross_entropy": "chunked"}
