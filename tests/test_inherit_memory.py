@@ -11,7 +11,7 @@ import transformers
 from tests.conftest import REPO
 
 MiB = 2**20
-OVERHEAD = 20 * MiB  # allocator slack, file pages of the shard being read, torch.save buffers
+OVERHEAD = 20 * MiB  # allocator slack, file pages of the shard being read, the checkpoint write
 
 MEASURE = r"""
 import json, sys, torch
