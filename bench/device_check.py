@@ -105,9 +105,8 @@ def step_main(args) -> None:
     from engine.arch import flops_per_token, training_memory_bytes
     from engine.backend import resolve
     from engine.config import model_config
-    from engine.model import GPT
     from engine.peaks import device_peak
-    from engine.train import param_groups
+    from synthetic_step import synthetic_step  # bench/, beside this script
 
     backend = resolve("cpu", "fp32") if args.dry_run else resolve("cuda", "bf16")
     preset, seq = ("micro", 128) if args.dry_run else ("pangu-pi-1b-pro", 2048)
@@ -123,21 +122,9 @@ def step_main(args) -> None:
     result = {"preset": preset, "seq": seq, "precision": backend.describe()["precision"], "ops": backend.ops.chosen,
               "peak_flops": peak, "peak_source": source, "tried": []}
     for micro in candidates:
-        model = opt = x = None
+        model = step = None
         try:
-            torch.manual_seed(0)
-            model = GPT(cfg, backend.ops).to(backend.device)
-            opt = backend.ops.adamw(param_groups(model, 0.1), lr=1e-4)
-            x = torch.randint(0, cfg.vocab_size, (micro, seq + 1), device=backend.device)
-
-            def step():
-                with backend.autocast():
-                    loss = model(x[:, :-1], x[:, 1:])
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                return loss
-
+            model, step = synthetic_step(cfg, backend.ops, backend, micro, seq)
             for _ in range(2):  # compile and allocate outside the measurement
                 step()
             sync()
@@ -150,7 +137,7 @@ def step_main(args) -> None:
             dt = time.perf_counter() - t
         except torch.OutOfMemoryError:
             result["tried"].append({"micro_batch": micro, "fits": False})
-            model = opt = x = None  # free this size's memory before the next
+            model = step = None  # free this size's memory (the step holds the optimizer and batch) before the next
             if backend.device.type == "cuda":
                 torch.cuda.empty_cache()
             continue

@@ -26,11 +26,10 @@ import torch
 from engine.arch import flops_per_token
 from engine.backend import Backend, detect, resolve
 from engine.config import model_config
-from engine.model import GPT
 from engine.ops import OP_NAMES, build_table, fused_adamw, load_operator
 from engine.peak_memory import peak_memory_bytes
 from engine.peaks import device_peak
-from engine.train import param_groups
+from synthetic_step import synthetic_step  # bench/, beside this script
 
 FUSED_IMPL = {"cuda": {op: "triton" for op in OP_NAMES}, "npu": {op: "npu" for op in OP_NAMES},
               "cpu": {"linear_cross_entropy": "chunked", "adamw": "fused_adamw"}}
@@ -191,18 +190,7 @@ def bench_whole_step(backend: Backend, steps: int, micro_batch: int) -> dict:
     results = {}
     for name, table in (("fused", backend.ops),
                         ("reference", build_table(backend.name, {op: "torch" for op in OP_NAMES}))):
-        torch.manual_seed(0)
-        model = GPT(cfg, table).to(backend.device)
-        opt = table.adamw(param_groups(model, 0.1), lr=1e-4)
-        x = torch.randint(0, cfg.vocab_size, (micro_batch, seq + 1), device=backend.device)
-
-        def step():
-            with backend.autocast():
-                loss = model(x[:, :-1], x[:, 1:])
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
+        model, step = synthetic_step(cfg, table, backend, micro_batch, seq)
         for _ in range(2):
             step()
         sync(backend.device)
@@ -214,7 +202,7 @@ def bench_whole_step(backend: Backend, steps: int, micro_batch: int) -> dict:
         results[name] = {"tokens_per_s": tps, "mfu": tps * flops_per_token(cfg, seq) / peak}
         print(f"whole step {PRESET} ({name} table, micro-batch {micro_batch} x {seq}, bf16): {tps:,.0f} tokens/s, "
               f"MFU {results[name]['mfu']:.1%} ({source})")
-        del model, opt
+        del model, step
     speedup = results["fused"]["tokens_per_s"] / results["reference"]["tokens_per_s"]
     print(f"whole step speed-up, fused / reference table: {speedup:.2f}x")
     return {**results, "micro_batch": micro_batch, "seq": seq, "peak_flops": peak, "peak_source": source}
