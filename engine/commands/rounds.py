@@ -11,6 +11,14 @@ round_option = click.option("--round", "k", type=int, default=2, show_default=Tr
                             help="round number the draw is for (its default seed is seed + round)")
 
 
+def piece_command(f):
+    """The options of a piece run alone (`rounds score`, `rounds sample`): config, run directory, overrides,
+    the checkpoint and the round."""
+    for option in reversed((config_option, out_option, set_option, checkpoint_option, round_option, stage_command)):
+        f = option(f)
+    return rounds.command()(f)
+
+
 def _spec(config_path, overrides):
     from engine import spec as specs
     return specs.load("rounds", config_path, overrides)
@@ -48,13 +56,7 @@ def rounds(ctx, config_path, out_dir, overrides, progress):
     click.echo(f"checkpoint {s['checkpoint']}{speed}")
 
 
-@rounds.command()
-@config_option
-@out_option
-@set_option
-@checkpoint_option
-@round_option
-@stage_command
+@piece_command
 def score(config_path, out_dir, overrides, checkpoint, k):
     """Loss of every pool item under CHECKPOINT into OUT/item_scores.npy (resumable)."""
     _need_out(out_dir)
@@ -66,13 +68,7 @@ def score(config_path, out_dir, overrides, checkpoint, k):
                f"{s['resumed_chunks']}/{s['chunks']} chunks from an earlier pass{speed}")
 
 
-@rounds.command()
-@config_option
-@out_option
-@set_option
-@checkpoint_option
-@round_option
-@stage_command
+@piece_command
 def sample(config_path, out_dir, overrides, checkpoint, k):
     """Draw round K's items from OUT/item_scores.npy into OUT/selected_ids.npy."""
     _need_out(out_dir)

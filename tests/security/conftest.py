@@ -25,6 +25,17 @@ record = _load("chaos_record", REPO / "tests" / "chaos_record.py").record  # fig
 HOSTILE_ENGINE = f"{sys.executable} {HERE / 'hostile_engine.py'}"
 
 
+def data_home(tmp: Path, corpus_text: str) -> tuple[Path, Path]:
+    """(home, outside): a data root holding corpus/a.txt, and a directory beside it with a file the jobs
+    must never reach (outside/secret.txt)."""
+    home, outside = tmp / "home", tmp / "outside"
+    (home / "corpus").mkdir(parents=True)
+    (home / "corpus" / "a.txt").write_text(corpus_text)
+    outside.mkdir()
+    (outside / "secret.txt").write_text("not yours\n")
+    return home, outside
+
+
 def bearer(token: str | None) -> dict:
     return {"Authorization": f"Bearer {token}"} if token else {}
 

@@ -18,7 +18,7 @@ import pytest
 from engine.fields import EACH, marked_fields
 from engine.importing import import_object
 from engine.stages import STAGES
-from security_fixtures import Service
+from security_fixtures import Service, data_home
 
 PY_ENGINE = "engine.spec:STAGE_SPECS"
 
@@ -66,12 +66,8 @@ def with_value(config: dict, loc: tuple, value: str) -> tuple[dict, tuple]:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fields")
-    home, outside = tmp / "home", tmp / "outside"
-    (home / "corpus").mkdir(parents=True)
-    (home / "corpus" / "a.txt").write_text("hello world\n" * 50)
+    home, outside = data_home(tmp, "hello world\n" * 50)
     (home / "ckpt").mkdir()
-    outside.mkdir()
-    (outside / "secret.txt").write_text("not yours\n")
     svc = Service(home, f"sqlite:///{tmp / 'tinyforge.db'}", TINYFORGE_STAGE_SPECS=PY_ENGINE)
     yield svc, home, outside
     svc.close()

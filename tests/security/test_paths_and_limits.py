@@ -11,7 +11,7 @@ import sqlite3
 import httpx
 import pytest
 
-from security_fixtures import Service
+from security_fixtures import Service, data_home
 
 LIMIT = 1 << 20  # the default TINYFORGE_MAX_BODY_BYTES
 SOURCES = ["body", "stages", 0, "config", "data", "sources", 0]
@@ -20,11 +20,7 @@ SOURCES = ["body", "stages", 0, "config", "data", "sources", 0]
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("paths")
-    home, outside = tmp / "home", tmp / "outside"
-    (home / "corpus").mkdir(parents=True)
-    (home / "corpus" / "a.txt").write_text("hello world\n" * 20)
-    outside.mkdir()
-    (outside / "secret.txt").write_text("not yours\n")
+    home, outside = data_home(tmp, "hello world\n" * 20)
     (home / "escape").symlink_to(outside)  # a directory link leading out
     (home / "escape.txt").symlink_to(outside / "secret.txt")  # a file link leading out
     (home / "up").symlink_to(tmp)  # a parent-directory link: home/up/outside/... is outside
