@@ -76,7 +76,7 @@ def test_submit_form_shows_the_servers_error_next_to_the_field(dash, open_page):
     page.fill("#f-steps", "0")
     page.fill("#f-sources", "/etc")
     page.click("#submit-btn")
-    expect(page.locator("#err-steps")).to_contain_text("greater than 0")
+    expect(page.locator("#err-steps")).to_contain_text("must be positive, got 0")
     expect(page.locator("#err-sources")).to_contain_text("outside the data roots")
     expect(page.locator("#f-steps")).to_have_attribute("aria-invalid", "true")
     expect(page.locator("#spec-errors li[data-field='stages.0.config.steps']")).to_be_visible()
