@@ -6,7 +6,7 @@
      of all cores, one file per task), dicts merged at the end; also with collections.Counter.update;
    - tinyforge: flat little-endian uint16/uint32 .bin shards, np.memmap + np.bincount (one process).
    Prints tokens/s of both, the ratio (target >= 20x) and whether the counts are identical.
-2. Encoding: engine.spm.count.count_text with 1 process and with all cores (target: near-linear).
+2. Encoding: engine.tokenizer.count.count_text with 1 process and with all cores (target: near-linear).
 
 Usage: python bench/token_count.py [--corpus DIR ...] [--model M.model | --vocab 100000] [--repeat 3]
 Default corpus: the repository's full corpus, data/corpus (14 MB of text, .xz per file, read as text;
@@ -28,9 +28,9 @@ import numpy as np
 import sentencepiece as spm
 
 from engine.paths import FULL_CORPUS, state_home
-from engine.spm.corpus import batches, corpus_files, iter_chunks, text_size
-from engine.spm.count import count_shards, count_text
-from engine.spm.train import train_tokenizer
+from engine.tokenizer.corpus import batches, corpus_files, iter_chunks, text_size
+from engine.tokenizer.count import count_shards, count_text
+from engine.tokenizer.train import train_tokenizer
 
 
 def tokenise_file(args) -> int:

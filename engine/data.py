@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from engine.paths import state_home
-from engine.tokenizers import load_tokenizer, smallest_dtype, token_byte_lengths
+from engine.tokenizer.load import load_tokenizer, smallest_dtype, token_byte_lengths
 
 TEXT_SUFFIXES = {".txt", ".md", ".py", ".json", ".jsonl", ".text", ""}
 COMPRESSED = {".xz": lzma.open, ".gz": gzip.open}  # read transparently: FILE.txt.xz, FILE.jsonl.gz, ...
@@ -144,7 +144,7 @@ def prepare(sources: list[str], tokenizer, cache_root: Path, val_fraction: float
     if counts["train"] == 0 or sum(n_bytes.values()) == 0:
         shutil.rmtree(tmp)
         raise DataError(f"data.sources: the corpus {sources} is empty")
-    table = token_byte_lengths(tokenizer)  # what bits-per-byte divides by (engine/tokenizers.py has the convention)
+    table = token_byte_lengths(tokenizer)  # what bits-per-byte divides by (engine/tokenizer/load.py has the convention)
     np.save(tmp / "token_bytes.npy", table)
     token_bytes = {split: int(sum(np.bincount(np.memmap(tmp / n, dtype=dtype, mode="r"), minlength=len(table)) @ table
                                   for n in w.names)) for split, w in writers.items()}
@@ -209,7 +209,7 @@ def load_token_bytes(root: Path, meta: dict) -> np.ndarray:
     from its tokenizer, when that still has the fingerprint the folder was made with."""
     path = root / "token_bytes.npy"
     if not path.exists():
-        from engine.tokenizers import load_tokenizer
+        from engine.tokenizer.load import load_tokenizer
         try:
             tok = load_tokenizer(meta["tokenizer"])
         except (OSError, ValueError) as exc:
@@ -228,7 +228,7 @@ def load_token_bytes(root: Path, meta: dict) -> np.ndarray:
 class TokenData:
     """One split as fixed windows of seq_len + 1 tokens, never crossing a shard boundary.
 
-    `token_bytes[id]` is the UTF-8 bytes an id decodes to (engine.tokenizers.token_byte_lengths):
+    `token_bytes[id]` is the UTF-8 bytes an id decodes to (engine.tokenizer.load.token_byte_lengths):
     bits-per-byte over scored targets y is their summed loss / ln 2 / token_bytes[y].sum().
     `mean_bytes_per_token` is the whole split's text bytes / tokens (eos included): for converting
     token counts of training into bytes of text, never for scoring a subset."""

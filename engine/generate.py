@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from engine.evaluate import load_model
-from engine.tokenizers import load_tokenizer
+from engine.tokenizer.load import load_tokenizer
 
 
 @torch.no_grad()

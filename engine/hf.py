@@ -140,7 +140,7 @@ def export(checkpoint_dir: Path, out_dir: Path, tokenizer_path: str | None = Non
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = None
     if tokenizer_path and tokenizer_path != "byte":
-        from engine.tokenizers import load_tokenizer
+        from engine.tokenizer.load import load_tokenizer
         tok = load_tokenizer(tokenizer_path)
         shutil.copy(tokenizer_path, out_dir / "tokenizer.model")
         (out_dir / "tokenizer_config.json").write_text(json.dumps({

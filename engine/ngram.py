@@ -6,7 +6,7 @@ Scoring follows the engine's evaluation (engine/train.py `evaluate`): every held
 predecessor in its shard is a target (eos included, as the model predicts it too; with `seq_len`, exactly
 the targets of a full evaluation at that window length), and bits-per-byte is
 the targets' summed bits / the UTF-8 bytes those same target ids stand for (the dataset's
-`token_bytes.npy`, convention in engine/tokenizers.py `token_byte_lengths`).
+`token_bytes.npy`, convention in engine/tokenizer/load.py `token_byte_lengths`).
 
 Estimators (counts from the training split only; pairs never cross a shard boundary):
 - unigram: add-k (Laplace for k = 1): p(w) = (c(w) + k) / (N + k V), V the tokenizer's vocabulary;

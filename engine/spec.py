@@ -189,7 +189,7 @@ class TrainSpec(Strict):
                 return None
             vocab = 1
             if self.data.tokenizer == "byte":
-                from engine.tokenizers import ByteTokenizer
+                from engine.tokenizer.load import ByteTokenizer
                 vocab = ByteTokenizer().vocab_size
             return model_config(self.model.preset, vocab_size=padded_vocab(vocab), **self.model.overrides)
         except (OSError, ValueError, KeyError, TypeError):

@@ -36,8 +36,8 @@ class StageKind:
 _TRAINED = ("steps", "tokens", "flops", "val_loss", "val_bpb", "checkpoint")  # train and rounds
 
 STAGES: dict[str, StageKind] = {k.name: k for k in (
-    StageKind("tokenizer", "engine.spm.spec:TokenizerStageSpec", "tokenizer", "engine.commands.tokenizer:tokenizer",
-              distributed=False,
+    StageKind("tokenizer", "engine.tokenizer.spec:TokenizerStageSpec", "tokenizer",
+              "engine.commands.tokenizer:tokenizer", distributed=False,
               # train: tokenizer; compact: large_tokenizer, tokenizer, id_map...; report: large_tokenizer, report...
               artifacts=("tokenizer", "large_tokenizer", "id_map", "id_map_npy", "counts", "counts_tsv",
                          "compact_summary", "report", "report_md", "plot"),

@@ -100,7 +100,7 @@ def available_memory_bytes(backend: Backend) -> float:
 def evaluate(model, data: TokenData, n_batches: int, micro_batch: int, backend: Backend, windows=None) -> dict:
     """Held-out metrics over the first n_batches x micro_batch windows of `data` (or the given windows):
     mean loss (nats/token), perplexity, and bits-per-byte = summed loss / ln 2 / the UTF-8 bytes of exactly
-    the target tokens scored (data.token_bytes; engine/tokenizers.py token_byte_lengths has the convention),
+    the target tokens scored (data.token_bytes; engine/tokenizer/load.py token_byte_lengths has the convention),
     with `tokens` and `bytes` the counts scored."""
     model.eval()
     windows = np.arange(min(len(data), n_batches * micro_batch)) if windows is None else np.asarray(windows)

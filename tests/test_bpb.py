@@ -17,7 +17,7 @@ from engine.config import model_config, padded_vocab
 from engine.data import DataError, TokenData, prepare
 from engine.model import GPT
 from engine.ngram import floors_from_streams, ngram_floors
-from engine.tokenizers import ByteTokenizer, load_tokenizer, token_byte_lengths
+from engine.tokenizer.load import ByteTokenizer, load_tokenizer, token_byte_lengths
 from engine.train import evaluate
 from tests.conftest import SAMPLE
 

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from engine import checkpoint as ckpt
 from engine.config import ModelConfig, model_config, padded_vocab
 from engine.model import GPT
-from engine.tokenizers import ByteTokenizer
+from engine.tokenizer.load import ByteTokenizer
 from tests.conftest import SAMPLE, run_cli
 
 QUIET = dict(show_progress=False, log=lambda *a: None)

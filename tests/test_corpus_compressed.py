@@ -12,8 +12,8 @@ import pytest
 
 from engine.data import DataError, iter_documents, list_files
 from engine.paths import BUNDLED_CORPUS, FULL_CORPUS
-from engine.spm.corpus import iter_chunks, iter_sentences, text_size
-from engine.spm.count import count_text
+from engine.tokenizer.corpus import iter_chunks, iter_sentences, text_size
+from engine.tokenizer.count import count_text
 from tests.tokenizer_helpers import trained
 
 TEXT = "First line\r\nsecond line, 第二行\n\nthird\rlast without newline"  # newlines of every kind
@@ -55,7 +55,7 @@ def test_compressed_files_read_as_their_text(corpora):
 
 
 def test_counts_and_tokenizer_training_read_compressed_text(corpora, tmp_path):
-    from engine.spm.train import train_tokenizer
+    from engine.tokenizer.train import train_tokenizer
 
     plain, packed = corpora
     model = trained("bpe", 2048)

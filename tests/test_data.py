@@ -3,7 +3,7 @@ import json
 import numpy as np
 
 from engine.data import BatchSampler, TokenData, prepare, rank_slice
-from engine.tokenizers import ByteTokenizer, smallest_dtype
+from engine.tokenizer.load import ByteTokenizer, smallest_dtype
 
 
 def test_prepare_is_deterministic_split_and_cached(tmp_path, tinyforge_home):

@@ -14,7 +14,7 @@ from engine import checkpoint as ckpt
 from engine import faults
 from engine.arch import count_params
 from engine.config import model_config, padded_vocab
-from engine.tokenizers import ByteTokenizer
+from engine.tokenizer.load import ByteTokenizer
 from engine.train import lr_at, train
 from tests.chaos_record import record
 from tests.conftest import run_cli

@@ -1,4 +1,4 @@
-"""A child on a real compact tokenizer (SentencePiece trained here, compacted by engine/spm): the id
+"""A child on a real compact tokenizer (SentencePiece trained here, compacted by engine/tokenizer): the id
 map written beside the compact model is found, the child keeps exactly the parent's rows of the kept
 tokens, and at full width and depth the child's logits are the parent's at the kept tokens."""
 import json
@@ -13,13 +13,13 @@ from engine.inherit.spec import InheritSpec
 from engine.model import GPT
 from tests.conftest import SAMPLE
 
-from engine.spm import compact  # the project's own module: absent must fail, not skip
+from engine.tokenizer import compact  # the project's own module: absent must fail, not skip
 spm = pytest.importorskip("sentencepiece")
 
 
 def test_compact_tokenizer_child(tmp_path):
-    from engine.spm.count import count_text
-    from engine.tokenizers import load_tokenizer
+    from engine.tokenizer.count import count_text
+    from engine.tokenizer.load import load_tokenizer
 
     text = SAMPLE / "en" / "macbeth.txt"
     spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(tmp_path / "sp"), vocab_size=400,

@@ -10,8 +10,8 @@ import pytest
 import sentencepiece as spm
 
 from engine.inherit.vocab import load_id_map
-from engine.spm import proto as P
-from engine.spm.compact import compact_model
+from engine.tokenizer import proto as P
+from engine.tokenizer.compact import compact_model
 from tests.tokenizer_helpers import SPECIAL, compacted, corpus_lines, corpus_texts, counts, trained
 
 SIZE = 1200

@@ -10,9 +10,9 @@ import sentencepiece as spm
 
 from engine.data import chunk_lines, prepare
 from engine.paths import BUNDLED_CORPUS
-from engine.spm.corpus import corpus_files, iter_chunks
-from engine.spm.count import count_shards, count_text, load_counts, save_counts
-from engine.tokenizers import SentencePieceTokenizer
+from engine.tokenizer.corpus import corpus_files, iter_chunks
+from engine.tokenizer.count import count_shards, count_text, load_counts, save_counts
+from engine.tokenizer.load import SentencePieceTokenizer
 from tests.tokenizer_helpers import corpus_texts, counts, trained
 
 

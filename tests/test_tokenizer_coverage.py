@@ -12,10 +12,10 @@ import sentencepiece as spm
 import yaml
 
 from engine.paths import BUNDLED_CORPUS
-from engine.spm import proto as P
-from engine.spm.compact import compact_model, plan, size_for_coverage
-from engine.spm.corpus import corpus_files, iter_chunks
-from engine.spm.spec import TokenizerStageSpec
+from engine.tokenizer import proto as P
+from engine.tokenizer.compact import compact_model, plan, size_for_coverage
+from engine.tokenizer.corpus import corpus_files, iter_chunks
+from engine.tokenizer.spec import TokenizerStageSpec
 from tests.conftest import run_cli
 from tests.tokenizer_helpers import counts, trained
 

@@ -9,7 +9,7 @@ import yaml
 
 from engine.inherit.vocab import load_id_map
 from engine.paths import BUNDLED_CORPUS
-from engine.spm.report import parse_sizes, vocab_report
+from engine.tokenizer.report import parse_sizes, vocab_report
 from tests.conftest import run_cli
 from tests.tokenizer_helpers import counts, trained
 

@@ -83,8 +83,8 @@ class Ablation:
     def tokenizers(self) -> dict:
         """The large BPE trained on the corpus and its compaction by coverage (the tokenizer stage), cached
         across runs by corpus and settings."""
-        from engine.spm.run import run_stage
-        from engine.spm.spec import TokenizerStageSpec
+        from engine.tokenizer.run import run_stage
+        from engine.tokenizer.spec import TokenizerStageSpec
 
         files = [f"{f.resolve()}:{f.stat().st_size}" for f in list_files(self.spec.sources)]
         tspec = TokenizerStageSpec(action="compact", sources=self.spec.sources, vocab_size=self.sc.large_vocab,

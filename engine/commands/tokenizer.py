@@ -21,7 +21,7 @@ def _sources(sources):
 
 def _run_stage(config_path, out_dir, overrides):
     from engine import spec as specs
-    from engine.spm.run import run_stage
+    from engine.tokenizer.run import run_stage
 
     result = run_stage(specs.load("tokenizer", config_path, overrides), out_dir, log=lambda m: click.echo(m, err=True))
     for a in result["artifacts"]:
@@ -70,7 +70,7 @@ def run(config_path, out_dir, overrides):
 @stage_command
 def train(sources, vocab_size, model_type, special_tokens, character_coverage, input_sentence_size, seed, out):
     """Train a SentencePiece model (byte fallback, identity normalisation, Llama layout)."""
-    from engine.spm.train import train_tokenizer
+    from engine.tokenizer.train import train_tokenizer
 
     train_tokenizer(_sources(sources), out, vocab_size, model_type, list(special_tokens), character_coverage,
                     input_sentence_size, seed=seed, log=lambda m: click.echo(m, err=True))
@@ -87,8 +87,8 @@ def train(sources, vocab_size, model_type, special_tokens, character_coverage, i
 @stage_command
 def count(model, sources, shards, shard_dtype, workers, out):
     """Token frequencies of MODEL over a corpus (parallel encode) or over token shards (bincount)."""
-    from engine.spm import count as C
-    from engine.spm.proto import load_proto
+    from engine.tokenizer import count as C
+    from engine.tokenizer.proto import load_proto
 
     pieces = [p.piece for p in load_proto(model).pieces]
     if shards and sources:
@@ -119,10 +119,10 @@ def compact(model, vocab_size, coverage, counts, sources, workers, no_closure, o
     """Keep the smallest vocabulary of MODEL covering --coverage (default 0.98) of its tokens on the
     corpus, or the --vocab most useful pieces; writes OUT, OUT.id_map.{json,npy} and OUT.json. Counted
     from a corpus (not --counts), the summary also gives tokens per byte and byte-piece share of both."""
-    from engine.spm import count as C
-    from engine.spm.compact import compact_model
-    from engine.spm.proto import load_proto
-    from engine.spm.spec import DEFAULT_COVERAGE
+    from engine.tokenizer import count as C
+    from engine.tokenizer.compact import compact_model
+    from engine.tokenizer.proto import load_proto
+    from engine.tokenizer.spec import DEFAULT_COVERAGE
 
     n = len(load_proto(model).pieces)
     if counts and sources:
@@ -157,9 +157,9 @@ def compact(model, vocab_size, coverage, counts, sources, workers, no_closure, o
 @stage_command
 def report(model, sources, sizes, preset, counts, workers, out):
     """Coverage, tokens per byte, byte fallback and embedding share of MODEL compacted to each size."""
-    from engine.spm import count as C
-    from engine.spm.proto import load_proto
-    from engine.spm.report import DEFAULT_PRESET, parse_sizes, vocab_report
+    from engine.tokenizer import count as C
+    from engine.tokenizer.proto import load_proto
+    from engine.tokenizer.report import DEFAULT_PRESET, parse_sizes, vocab_report
 
     freq = C.load_counts(counts, len(load_proto(model).pieces)) if counts else None
     vocab_report(model, _sources(sources), out, parse_sizes(sizes), preset or DEFAULT_PRESET, counts=freq,

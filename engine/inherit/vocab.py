@@ -4,7 +4,7 @@ rows the child keeps).
 Accepted: a JSON list or .npy array of parent ids in child-id order; a JSON object {parent id: child
 id} (optionally under "old_to_new"), or {"new_to_old": [...]}; a list/array of parent-vocab length
 holding each parent id's child id, -1 for dropped tokens (recognised by its negative entries) -- what
-engine/spm/compact.py writes as MODEL.id_map.json ({"old_to_new": [...]}) and MODEL.id_map.npy, found
+engine/tokenizer/compact.py writes as MODEL.id_map.json ({"old_to_new": [...]}) and MODEL.id_map.npy, found
 automatically beside the child's tokenizer."""
 from __future__ import annotations
 

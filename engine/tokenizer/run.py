@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from engine.run_record import RunRecord
-from engine.spm.spec import TokenizerStageSpec
+from engine.tokenizer.spec import TokenizerStageSpec
 
 PHASES = {"train": ["train"], "count": ["train", "count"], "compact": ["train", "count", "compact"],
           "report": ["train", "count", "report"]}
@@ -26,11 +26,11 @@ def _progress_logger(log):
 
 
 def run_stage(spec: TokenizerStageSpec, out_dir: str | Path, log=print) -> dict:
-    from engine.spm import count as C
-    from engine.spm.compact import compact_model
-    from engine.spm.proto import load_proto
-    from engine.spm.report import vocab_report
-    from engine.spm.train import train_tokenizer
+    from engine.tokenizer import count as C
+    from engine.tokenizer.compact import compact_model
+    from engine.tokenizer.proto import load_proto
+    from engine.tokenizer.report import vocab_report
+    from engine.tokenizer.train import train_tokenizer
 
     out = Path(out_dir)
     rec = RunRecord(out)

@@ -74,7 +74,7 @@ def count_text(model, sources: list[str], workers: int | None = None, chunk_byte
     """Encode `sources` (files, folders, JSONL) with `model` on `workers` processes (default: all
     cores) and count every token id. `progress(done_bytes, total_bytes, elapsed_s)` is called every
     `progress_every_s` seconds."""
-    from engine.spm.corpus import batches, corpus_files, iter_chunks, text_size
+    from engine.tokenizer.corpus import batches, corpus_files, iter_chunks, text_size
 
     proto = model_bytes(model)
     files = corpus_files(sources)

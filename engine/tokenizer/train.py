@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Literal
 
-from engine.spm.corpus import corpus_files, iter_sentences
+from engine.tokenizer.corpus import corpus_files, iter_sentences
 
 
 DEFAULT_COVERAGE = 0.9995

@@ -1,6 +1,6 @@
 """Tokenizers the engine trains with: a built-in byte tokenizer, or a SentencePiece model file.
 
-The SentencePiece tooling (train, count, compact) lives in engine/spm; this module only loads."""
+The SentencePiece tooling (train, count, compact) is this package's other modules; this one only loads."""
 from __future__ import annotations
 
 import hashlib

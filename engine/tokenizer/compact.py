@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.spm import proto as P
-from engine.spm.spec import DEFAULT_COVERAGE, WARN_COVERAGE  # noqa: F401 (DEFAULT_COVERAGE: for callers)
+from engine.tokenizer import proto as P
+from engine.tokenizer.spec import DEFAULT_COVERAGE, WARN_COVERAGE  # noqa: F401 (DEFAULT_COVERAGE: for callers)
 
 FIELD = "compact_vocab (--vocab)"
 COVERAGE_FIELD = "compact_coverage (--coverage)"
@@ -229,7 +229,7 @@ def cost(large_model, large_counts: np.ndarray, compact_model_path, sources: lis
     their ratio (tokens_per_byte_cost, 1.25 = 25% more tokens for the same text), and the share of
     each model's tokens that are byte pieces <0xNN> (newlines are always <0x0A>: the trainer reads
     lines, so the large model's share is the floor)."""
-    from engine.spm.count import count_text
+    from engine.tokenizer.count import count_text
 
     def stats(model_path, counts, n_bytes):
         ids = P.byte_ids(P.load_proto(model_path))

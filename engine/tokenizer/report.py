@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.spm import proto as P
-from engine.spm.compact import TraceCache, plan
-from engine.spm.count import count_text
-from engine.spm.spec import DEFAULT_PRESET, DEFAULT_SIZES
+from engine.tokenizer import proto as P
+from engine.tokenizer.compact import TraceCache, plan
+from engine.tokenizer.count import count_text
+from engine.tokenizer.spec import DEFAULT_PRESET, DEFAULT_SIZES
 
 
 def parse_sizes(text: str) -> list[int]:
