@@ -20,7 +20,7 @@ from service.db import migrate as migrations
 from service.jobspec import JobSpec
 from service.prom import Metrics
 from service.services import housekeeping
-from service.services.scheduling import WorkerSnapshot
+from service.services.placement import WorkerSnapshot
 from service.settings import Settings
 
 log = logging.getLogger("tinyforge.api")

@@ -132,7 +132,7 @@ class PlanOut(BaseModel):
     schedulable: bool
     reason: str | None = Field(None, description="why a running worker cannot take it (absent when one can)")
     reason_code: Literal["no_worker", "no_launcher", "no_device", "idle", "busy"] = Field(
-        description="the reason as a code (service/services/scheduling.py WAIT_CODES); idle and busy are schedulable")
+        description="the reason as a code (service/services/placement.py WAIT_CODES); idle and busy are schedulable")
 
 
 class EventOut(BaseModel):

@@ -16,7 +16,7 @@ from sqlalchemy import bindparam, delete, func, select, update
 from service.db import Database
 from service.db.models import Attempt, IdempotencyKey, Job
 from service.services import lifecycle, webhooks
-from service.services.scheduling import alive_workers, wait_reason
+from service.services.placement import alive_workers, wait_reason
 from service.settings import Settings
 
 log = logging.getLogger("tinyforge.housekeeping")

@@ -15,7 +15,7 @@ from service.db import Database
 from service.db.models import Attempt, Event, IdempotencyKey, Job, JobLabel, Stage, new_id
 from service.services import lifecycle
 from service.services.group_commit import KeyConflict, Submission, committer
-from service.services.scheduling import WorkerSnapshot, wait_reason
+from service.services.placement import WorkerSnapshot, wait_reason
 from service.services.views import event_view, job_view
 from service.settings import Settings
 

@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from service.db import Database
 from service.db.models import Attempt
-from service.worker.scheduler import Claim
+from service.worker.claiming import Claim
 
 log = logging.getLogger("tinyforge.worker")
 T = TypeVar("T")

@@ -26,7 +26,7 @@ from service.worker import devices
 from service.worker.launchers import LaunchRequest, load_launcher
 from service.worker.lease import Lease, LeaseLost
 from service.worker.monitor import Outcome, StageMonitor
-from service.worker.scheduler import Claim
+from service.worker.claiming import Claim
 
 log = logging.getLogger("tinyforge.worker")
 

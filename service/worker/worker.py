@@ -18,7 +18,7 @@ from service.settings import Settings
 from service.worker.devices import candidates
 from service.worker.launchers import LAUNCHERS, load_launcher
 from service.worker.runner import AttemptRunner
-from service.worker.scheduler import claim
+from service.worker.claiming import claim
 
 log = logging.getLogger("tinyforge.worker")
 

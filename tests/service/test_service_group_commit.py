@@ -12,7 +12,7 @@ from service.db.models import Attempt, IdempotencyKey, Job, Stage
 from service.services import jobs
 from service.services.group_commit import committer
 from service.services.jobs import Conflict
-from service.services.scheduling import WorkerSnapshot
+from service.services.placement import WorkerSnapshot
 from service.settings import Settings
 
 

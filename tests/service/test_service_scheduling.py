@@ -1,6 +1,6 @@
 """wait_reason: each situation has its code, and only idle/busy count as schedulable (jobs.plan decides on
 the code, never on the wording)."""
-from service.services.scheduling import WAIT_CODES, WorkerInfo, wait_reason
+from service.services.placement import WAIT_CODES, WorkerInfo, wait_reason
 
 CPU2 = WorkerInfo("w1", {"cpu": 2}, ("local",), busy=False)
 

@@ -11,9 +11,9 @@ from sqlalchemy.exc import OperationalError
 from service.db import Database, migrate
 from service.db.models import Attempt, Job
 from service.services import jobs
-from service.services.scheduling import WorkerSnapshot
+from service.services.placement import WorkerSnapshot
 from service.settings import Settings
-from service.worker import scheduler
+from service.worker import claiming
 from service.worker.lease import Lease, LeaseLost
 
 
@@ -24,7 +24,7 @@ def claimed(db_url, tmp_path):
     migrate.upgrade(db_url)
     db = Database(db_url)
     jobs.submit(db, settings, WorkerSnapshot(db, 30), {"name": "l", "stages": [{"kind": "train"}]}, None, None)
-    claim = scheduler.claim(db, "w1", {"cpu": 1}, ("local",), lease_s=30)
+    claim = claiming.claim(db, "w1", {"cpu": 1}, ("local",), lease_s=30)
     assert claim is not None
     yield db, claim
     db.dispose()

@@ -1,4 +1,5 @@
-"""Claiming a queued job: the highest priority (then oldest) job this worker fits.
+"""Claiming a queued job, the worker's side of scheduling: the highest priority (then oldest) job this
+worker fits (which jobs fit which workers is decided server-side, in service/services/placement.py).
 
 PostgreSQL: SELECT ... FOR UPDATE SKIP LOCKED, so concurrent workers each take a different job
 without waiting on each other. SQLite: the write transaction starts with BEGIN IMMEDIATE, which
@@ -16,7 +17,7 @@ from sqlalchemy import select, update
 from service.db import Database
 from service.db.models import Job, Worker
 from service.services import lifecycle
-from service.services.scheduling import fit_clause
+from service.services.placement import fit_clause
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Matching jobs to workers, and the reason a queued job is still waiting.
+"""Placement, the server's side of scheduling: which jobs fit which workers, and the reason a queued job
+is still waiting. The worker claims a job through fit_clause (service/worker/claiming.py).
 
 A worker offers devices ({"cpu": n, "cuda": n, "npu": n}) and launchers. A `local` job fits a
 worker with at least `devices_per_node` devices of its backend (`auto`: of any kind); a `slurm`
