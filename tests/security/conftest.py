@@ -22,7 +22,7 @@ Service, stage, free_port = svc_fixtures.Service, svc_fixtures.stage, svc_fixtur
 db_url = svc_fixtures.db_url  # fixture: "sqlite" and "postgresql" (skipped without a server)
 record = _load("chaos_record", REPO / "tests" / "chaos_record.py").record  # figures for bench/chaos_report.py
 # engine stand-in that prints and records whatever text a job's config asks for (log lines, errors, artifacts)
-HOSTILE_ENGINE = f"{sys.executable} {HERE / 'hostile_engine.py'}"
+HOSTILE_ENGINE = f"{sys.executable} {REPO / 'tests' / 'support' / 'fake_engine.py'} --hostile"
 
 
 def data_home(tmp: Path, corpus_text: str) -> tuple[Path, Path]:

@@ -1,6 +1,6 @@
 """The dashboard shows job-supplied text as text. Jobs whose name, labels, log lines, failure reason,
 artifact names, summaries and input paths carry HTML/script payloads run on a real server (embedded
-worker, tests/security/hostile_engine.py as the engine); the real dashboard in chromium opens every
+worker, tests/support/fake_engine.py --hostile as the engine); the real dashboard in chromium opens every
 page that shows them. Each payload must appear literally and never run: `window.__pwned` stays
 undefined, no element the payload describes exists, no dialog opens.
 

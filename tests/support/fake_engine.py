@@ -6,7 +6,8 @@ as the real stages record it; only the checkpoints are the fake's own (checkpoin
 Resumes from the newest checkpoint; on SIGTERM saves a checkpoint and exits 143; fails on request
 (exit_code, fail_at, fail_attempts). With $CHAOS_SIDE_EFFECTS set, appends `JOB_ID ATTEMPT PID` to that
 file first, so a test can count how often each job's stage really ran (O_APPEND: lines never interleave).
-With bulk_chunks, records `steps` points in that many large writes (see _bulk). Knobs: FakeStage
+With bulk_chunks, records `steps` points in that many large writes (see _bulk). Run as
+`fake_engine.py --hostile KIND ...` it is the hostile-input tests' engine (see _hostile). Knobs: FakeStage
 (tests/support/fake_specs.py)."""
 from __future__ import annotations
 
@@ -64,7 +65,32 @@ def _bulk(kind: str, cfg: dict, record: RunRecord) -> int:
     return 0
 
 
+def _hostile(kind: str, cfg: dict, record: RunRecord, out: Path) -> int:
+    """Puts the config's `echo` text wherever a stage's own text reaches the user: stdout and stderr lines,
+    the progress phase, an artifact name, an input path (lineage), the result summary (a value and a table
+    row) and, with `exit_code`, the `error:` line the failure reason is taken from; and one line of raw
+    bytes (a NUL, invalid UTF-8), as a stage dumping binary prints."""
+    text, steps = str(cfg.get("echo") or ""), int(cfg.get("steps", 2))
+    print(f"stdout says: {text}", flush=True)
+    print(f"stderr says: {text}", file=sys.stderr, flush=True)
+    os.write(1, b"raw bytes: \x00 \xff\xfe\n")
+    for step in range(1, steps + 1):
+        record.metric(step=step, split="train", loss=1.0 / step)
+    record.progress(steps, steps, None, text[:60])
+    if cfg.get("exit_code") is not None:
+        print(f"error: {text}", file=sys.stderr, flush=True)
+        return int(cfg["exit_code"])
+    art = out / "artifacts" / "notes.txt"
+    art.parent.mkdir(parents=True, exist_ok=True)
+    art.write_text(text)
+    record.result(kind, {"note": text, "steps": steps, "rows": [{"label": text, "loss": 1.0}]},
+                  [{"name": text[:100] or "notes", "type": "text", "path": str(art)}], [f"/data/{text}"])
+    return 0
+
+
 def main(argv: list[str]) -> int:
+    hostile = argv[0] == "--hostile"
+    argv = argv[1:] if hostile else argv
     kind = argv[0]
     cfg = yaml.safe_load(Path(argv[argv.index("--config") + 1]).read_text()) or {}
     out = Path(argv[argv.index("--out") + 1])
@@ -73,6 +99,8 @@ def main(argv: list[str]) -> int:
     _side_effect()
     record = RunRecord(out, enabled=rank == 0)  # only rank 0 records, as in the engine
     record.start(kind, cfg, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    if hostile:
+        return _hostile(kind, cfg, record, out)
     if cfg.get("bulk_chunks"):
         return _bulk(kind, cfg, record) if rank == 0 else 0
     steps, step_time = cfg.get("steps", 5), cfg.get("step_time", 0.02)
