@@ -20,7 +20,7 @@ test: $(BIN)/.installed
 	rm -rf build/chaos
 	$(BIN)/python -m pytest -q tests; status=$$?; $(BIN)/python bench/chaos_report.py; exit $$status
 
-CHAOS_TESTS = tests/chaos $(wildcard tests/test_faults_engine.py tests/security)
+CHAOS_TESTS = tests/chaos $(wildcard tests/engine/test_faults_engine.py tests/security)
 
 chaos: $(BIN)/.installed
 	rm -rf build/chaos

@@ -5,8 +5,8 @@ Prints a summary and writes it as JSON.
   python bench/device_check.py [--out FILE] [--dry-run] [--budget-s 470]
 
 Parts, each a subprocess with its own time limit (a crash or hang in one is reported, the rest still run):
-1. tests: every gpu-marked test in tests/test_ops_triton.py and tests/test_gpu_paths.py: the Triton kernels
-   in bf16 against the reference, Liger against the reference, rms_norm at width 65,536, Liger rope not
+1. tests: every gpu-marked test in tests/engine/ops/test_triton.py and tests/engine/test_gpu_paths.py: the Triton
+   kernels in bf16 against the reference, Liger against the reference, rms_norm at width 65,536, Liger rope not
    touching its input, resume under `deterministic: true` bit-identical on CUDA (and to a tolerance without).
 2. kernels: bench/kernels.py, each fused op against eager and Liger: time and peak memory.
 3. step: a pangu-pi-1b-pro training step (bf16, seq 2048, the largest micro batch that fits, fused table):
@@ -33,10 +33,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"op_speedup_vs_eager": 1.5, "op_time_vs_liger": 1.0, "ce_peak_memory_vs_eager": 0.25, "mfu_1b": 0.45}
-GPU_TEST_FILES = ["tests/test_ops_triton.py", "tests/test_gpu_paths.py"]
+GPU_TEST_FILES = ["tests/engine/ops/test_triton.py", "tests/engine/test_gpu_paths.py"]
 NOT_CHECKED = [
-    "DDP and ZeRO 1/2/3 across GPUs over NCCL (one device; the gloo versions run in tests/test_distributed.py)",
-    "Triton launches on a second rank's device (tests/test_gpu_paths.py::"
+    "DDP and ZeRO 1/2/3 across GPUs over NCCL (one device; the gloo versions run in tests/engine/test_distributed.py)",
+    "Triton launches on a second rank's device (tests/engine/test_gpu_paths.py::"
     "test_triton_kernels_run_on_the_bound_device_of_a_second_rank skips with one GPU)",
     "ZeRO-Offload on a GPU (its configuration is tested on CPU, deepspeed.initialize included)",
     "the Ascend paths (torch_npu operators, the 910A table, HCCL): no NPU",

@@ -3,7 +3,7 @@
 On CPU the engine's kernels are deterministic anyway, and resume is bit-identical by default. On CUDA,
 flash/memory-efficient SDPA backward, cuBLAS split-K workspaces and some atomics-based kernels reduce
 in a varying order, so two runs (and a run and its resume) agree only to a tolerance unless this is on
-(tests/test_gpu_paths.py holds the weights to 1e-3 + 1e-2 relative after 12 bf16 steps; not yet run on a GPU). It costs speed: attention runs SDPA's
+(tests/engine/test_gpu_paths.py holds the weights to 1e-3 + 1e-2 relative after 12 bf16 steps; not yet run on a GPU). It costs speed: attention runs SDPA's
 math backend (cuda_fallback.attention reads the same flag), and torch raises on any op without a
 deterministic implementation instead of silently varying."""
 from __future__ import annotations

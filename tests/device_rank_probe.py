@@ -1,4 +1,4 @@
-"""Run by tests/test_gpu_paths.py under torchrun (2 gloo processes): each rank resolves the cuda backend
+"""Run by tests/engine/test_gpu_paths.py under torchrun (2 gloo processes): each rank resolves the cuda backend
 as training does, with CUDA faked (no GPU here), and records which device it made current and what
 the process group was bound to, in order. Rank 0 writes every rank's record as JSON to argv[1]."""
 import json

@@ -1,6 +1,6 @@
 """Parameter-matched shapes: given a reference model, the depth x width (x FFN size) that holds the
 same total parameter count (engine/arch.py count_params) at another vocabulary or depth. The ablation
-computes its arms' shapes with it at run time and records them (tests/test_ablate.py checks them)."""
+computes its arms' shapes with it at run time and records them (tests/engine/ablate/test_ablate.py checks them)."""
 from __future__ import annotations
 
 from engine.arch import count_params

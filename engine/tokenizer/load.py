@@ -81,7 +81,7 @@ def token_byte_lengths(tokenizer) -> np.ndarray:
     (this table summed over those same target ids), so a partial evaluation is normalised by the text it
     actually scored, not by a split-wide average.
 
-    Convention (checked against decoding in tests/test_bpb.py): byte tokenizer: 1 for ids 0..255, 0 for
+    Convention (checked against decoding in tests/engine/test_bpb.py): byte tokenizer: 1 for ids 0..255, 0 for
     <bos>/<eos>/<pad>. SentencePiece: the piece's UTF-8 length with U+2581 read as a space; byte-fallback
     pieces <0xNN> 1 each (a character split into byte pieces counts its true UTF-8 length); control,
     unknown and unused pieces 0 (eos decodes to nothing; <unk> has no recoverable text). SentencePiece's

@@ -135,7 +135,7 @@ def test_codec_round_trips_exactly_and_refuses_what_it_cannot_store(tmp_path):
                              "lr_scale": 0.1 * 3, "flag": True}}
     path = ckpt.save(tmp_path, 3, state, {"model_config": {}})
     _, parts = ckpt.load(path)
-    from tests.test_resume import assert_same  # type-strict: a tuple must come back a tuple, an array an array
+    from tests.engine.test_resume import assert_same  # type-strict: a tuple must come back a tuple, an array an array
     assert_same(state, parts)
     assert parts["model"]["embed.weight"] is parts["model"]["lm_head.weight"]  # tied: one tensor, stored once
     assert len(load_file(path / "model.safetensors")) == 5
@@ -174,7 +174,7 @@ def test_no_unpickling_in_train_save_load_and_resume(tmp_path, micro_spec, monke
         monkeypatch.setattr(module, name, forbidden(getattr(module, name), f"{module.__name__}.{name}"))
 
     from engine.train import train
-    from tests.test_resume import assert_same
+    from tests.engine.test_resume import assert_same
     spec = micro_spec(steps=8, checkpoint_every=4, keep_checkpoints=5, eval_every=100, backend="cpu")
     train(spec, tmp_path / "full", **QUIET)
     train(spec, tmp_path / "cut", **QUIET)

@@ -17,7 +17,7 @@ from engine.config import model_config, padded_vocab
 from engine.tokenizer.load import ByteTokenizer
 from engine.train import lr_at, train
 from tests.chaos_record import record
-from tests.conftest import run_cli
+from tests.conftest import SAMPLE, run_cli
 
 QUIET = dict(show_progress=False, log=lambda *a: None)
 
@@ -184,7 +184,7 @@ def test_nonfinite_over_max_events_fails(tmp_path, micro_spec, monkeypatch):
 # ---------------------------------------------------------------- absurd sizes at plan time
 
 
-SAMPLE_SOURCES = {"sources": [str(Path(__file__).parents[1] / "data" / "sample")]}
+SAMPLE_SOURCES = {"sources": [str(SAMPLE)]}
 
 
 def test_absurd_batch_is_refused_by_the_cli_before_anything_is_written(tmp_path):

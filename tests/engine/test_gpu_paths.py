@@ -20,8 +20,8 @@ from engine.backend import FP16_REFUSED, npu_defaults, npu_generation, resolve
 from engine.parallel import deep_merge, deepspeed_config
 from engine.peaks import device_peak, vendor_peak
 from engine.spec import TrainSpec
+from tests.conftest import REPO as ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 

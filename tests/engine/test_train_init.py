@@ -4,7 +4,7 @@ import torch
 
 from engine import checkpoint as ckpt
 from engine.spec import SpecError, parse
-from tests.test_resume import QUIET, final_state
+from tests.engine.test_resume import QUIET, final_state
 
 
 def test_random_weights_take_the_shape_only(tmp_path, trained_run, micro_spec):

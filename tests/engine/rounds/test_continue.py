@@ -11,7 +11,7 @@ from engine.run_record import read_metrics
 from engine.spec import TrainSpec
 from engine.train import lr_at, train
 from tests.conftest import SAMPLE
-from tests.test_resume import assert_identical
+from tests.engine.test_resume import assert_identical
 
 QUIET = dict(show_progress=False, log=lambda *a: None)
 BASE = dict(model={"preset": "micro"}, data={"sources": [str(SAMPLE)]}, batch_size=8, micro_batch=8, log_every=1,
