@@ -21,7 +21,7 @@ class MatmulBackwardAttention(torch.autograd.Function):
     """Causal attention, q [B, Hq, T, D], k/v [B, Hkv, T, D] with Hq % Hkv == 0 (query head h uses kv
     head h // (Hq / Hkv), as enable_gqa). Forward: the CPU flash kernel (its log-sum-exp kept);
     backward: P = exp(q k^T * scale - lse) masked, dV = P^T dO, dP = dO V^T, dS = P (dP - rowsum(dO O)),
-    dQ = dS K scale, dK = dS^T Q scale."""
+    dQ = dS K scale, dK = dS^T Q scale, in two causal query blocks."""
 
     @staticmethod
     def forward(ctx, q, k, v):
@@ -35,23 +35,43 @@ class MatmulBackwardAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, lse = ctx.saved_tensors
-        B, Hq, T, D = q.shape
-        Hkv = k.shape[1]
-        scale = D ** -0.5
-        # the query heads of one kv head side by side: [B, Hkv, group * T, D], so each matmul with k or v
-        # is one batched matmul and dK/dV sum over the group by themselves
-        q_grouped = q.reshape(B, Hkv, -1, D)
-        grad_grouped = grad_out.to(q.dtype).reshape(B, Hkv, -1, D)
-        scores = torch.matmul(q_grouped, k.transpose(-1, -2)).float().view(B, Hq, T, T)
-        causal = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
-        probs = torch.exp(scores * scale - lse.unsqueeze(-1)).masked_fill(causal, 0.0)
-        grad_v = torch.matmul(probs.to(q.dtype).view(B, Hkv, -1, T).transpose(-1, -2), grad_grouped)
-        grad_probs = torch.matmul(grad_grouped, v.transpose(-1, -2)).float().view(B, Hq, T, T)
-        delta = (grad_out.float() * out.float()).sum(-1, keepdim=True)
-        grad_scores = (probs * (grad_probs - delta)).to(q.dtype).view(B, Hkv, -1, T)
-        grad_q = (torch.matmul(grad_scores, k) * scale).view(B, Hq, T, D)
-        grad_k = torch.matmul(grad_scores.transpose(-1, -2), q_grouped) * scale
-        return grad_q, grad_k, grad_v
+        T = q.shape[2]
+        # two query blocks: the first half of the queries sees only the first half of the keys, so a quarter
+        # of the (masked) probabilities is never computed; measured at seq 256: 3.9-4.0 ms vs 4.2-4.5 ms per
+        # attention call (four or eight blocks were slower: thinner matmuls)
+        bounds = (0, T // 2, T) if T >= 128 and T % 2 == 0 else (0, T)
+        return _backward(q, k, v, out, lse, grad_out, bounds)
+
+
+def _backward(q, k, v, out, lse, grad_out, bounds):
+    """Gradients of causal attention, query block [t0, t1) against keys [0, t1) for each pair of bounds."""
+    B, Hq, T, D = q.shape
+    Hkv = k.shape[1]
+    group = Hq // Hkv
+    scale = D ** -0.5
+    # the query heads of one kv head side by side, so each matmul with k or v is one batched matmul and
+    # dK/dV sum over the group by themselves
+    q5, out5, grad5 = (t.reshape(B, Hkv, group, T, D) for t in (q, out, grad_out))
+    lse4 = lse.reshape(B, Hkv, group, T)
+    grad_k = torch.zeros(B, Hkv, T, D, dtype=torch.float32, device=q.device)
+    grad_v = torch.zeros_like(grad_k)
+    grad_q = []
+    for t0, t1 in zip(bounds[:-1], bounds[1:]):
+        rows = group * (t1 - t0)
+        q_blk = q5[:, :, :, t0:t1].reshape(B, Hkv, rows, D)
+        grad_blk = grad5[:, :, :, t0:t1].to(q.dtype).reshape(B, Hkv, rows, D)
+        k_blk, v_blk = k[:, :, :t1], v[:, :, :t1]
+        scores = torch.matmul(q_blk, k_blk.transpose(-1, -2)).float().view(B, Hkv, group, t1 - t0, t1)
+        causal = (torch.arange(t1, device=q.device)[None, :] >
+                  torch.arange(t0, t1, device=q.device)[:, None])
+        probs = torch.exp(scores * scale - lse4[:, :, :, t0:t1, None]).masked_fill(causal, 0.0)
+        grad_v[:, :, :t1] += torch.matmul(probs.to(q.dtype).view(B, Hkv, rows, t1).transpose(-1, -2), grad_blk)
+        grad_probs = torch.matmul(grad_blk, v_blk.transpose(-1, -2)).float().view(B, Hkv, group, t1 - t0, t1)
+        delta = (grad5[:, :, :, t0:t1].float() * out5[:, :, :, t0:t1].float()).sum(-1, keepdim=True)
+        grad_scores = (probs * (grad_probs - delta)).to(q.dtype).view(B, Hkv, rows, t1)
+        grad_q.append((torch.matmul(grad_scores, k_blk) * scale).view(B, Hkv, group, t1 - t0, D))
+        grad_k[:, :, :t1] += torch.matmul(grad_scores.transpose(-1, -2), q_blk) * scale
+    return (torch.cat(grad_q, dim=3).view(B, Hq, T, D).to(q.dtype), grad_k.to(k.dtype), grad_v.to(v.dtype))
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -23,9 +23,9 @@ def _grads(fn, q, k, v, grad_out, autocast=False):
     return [out.detach().float(), q.grad, k.grad, v.grad]
 
 
-@pytest.mark.parametrize("Hq,Hkv", [(4, 4), (4, 2), (6, 1)])
-def test_matmul_backward_matches_reference_fp32(Hq, Hkv):
-    (q, k, v), grad_out = _qkv(Hq=Hq, Hkv=Hkv)
+@pytest.mark.parametrize("Hq,Hkv,T", [(4, 4, 64), (4, 2, 128), (6, 1, 130)])  # one, two, two odd query blocks
+def test_matmul_backward_matches_reference_fp32(Hq, Hkv, T):
+    (q, k, v), grad_out = _qkv(Hq=Hq, Hkv=Hkv, T=T)
     ours = _grads(cpu_ops.MatmulBackwardAttention.apply, q, k, v, grad_out)
     reference = _grads(ops.attention, q, k, v, grad_out)
     for name, a, b in zip(("out", "dq", "dk", "dv"), ours, reference):
@@ -46,7 +46,7 @@ def test_matmul_backward_bf16_as_accurate_as_flash():
 
 
 def test_eager_attention_is_the_reference_and_compiled_takes_the_matmul_backward():
-    (q, k, v), grad_out = _qkv()
+    (q, k, v), grad_out = _qkv(T=128)  # two query blocks
     eager = _grads(cpu_ops.attention, q, k, v, grad_out)
     assert all(torch.equal(a, b) for a, b in zip(eager, _grads(ops.attention, q, k, v, grad_out)))
 
