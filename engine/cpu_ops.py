@@ -5,7 +5,7 @@ At the shapes tinyforge trains on a CPU (head dim 32-64, sequences of 256) the f
 few percent of the bf16 matmul peak: 13 ms of a 15 ms attention forward + backward (hidden 128, 4/2
 heads, seq 256, micro-batch 8, one thread). Recomputing the probabilities from the forward's
 log-sum-exp and doing the backward as matmuls (bf16 operands, fp32 softmax algebra) is 1.8x faster
-once torch.compile fuses its element-wise part (bench/attention_backward.py), and as accurate against
+once torch.compile fuses its element-wise part (figures in docs/train-speed.md), and as accurate against
 an fp32 reference as the flash kernel (relative error 0.6% vs 0.5% in bf16). Eager, those element-wise
 ops run one by one and it is slower than the flash kernel, so it is used only inside a compiled graph;
 everywhere else this is the reference attention (engine/ops.py).

@@ -167,9 +167,8 @@ class Stage:
             fpt = flops_per_token(ModelConfig.from_dict(manifest["model_config"]), self.seq_len)
             compiled, why = self.score_compile(len(windows), fpt)
             self.log(f"round {k}: scoring with the {name}, compile {'on' if compiled else 'off'}: {why}")
-            # compiled and eager losses differ in the last bits: chunks of the other kind are not reused
-            key = {**fingerprint(manifest, self.data_dir, windows, self.seq_len, spec.score_chunk, spec.precision),
-                   "compiled": compiled}
+            key = fingerprint(manifest, self.data_dir, windows, self.seq_len, spec.score_chunk, spec.precision,
+                              compiled)
             every = max(1, -(-len(windows) // spec.score_chunk) // 10)
 
             def progress(done, n, name=name):

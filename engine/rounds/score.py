@@ -7,6 +7,7 @@ c % world_size; the ranks' results are summed into every rank with one all-reduc
 are the mean of a batch's sequence losses (= its token-mean loss, all windows being equally long)."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -54,15 +55,15 @@ def _losses(model: GPT, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def _compiled_losses(model: GPT, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    global _compiled
-    if _compiled is None:
-        from engine.compiling import enable_persistent_cache
-        enable_persistent_cache()
-        _compiled = torch.compile(_losses)
-    return _compiled(model, x, y)
+    return _compiled_losses_fn()(model, x, y)
 
 
-_compiled = None
+@functools.cache
+def _compiled_losses_fn():
+    """torch.compile of _losses, made on first use (with the persistent compile cache) and kept."""
+    from engine.compiling import enable_persistent_cache
+    enable_persistent_cache()
+    return torch.compile(_losses)
 
 
 @dataclass
@@ -79,10 +80,11 @@ class ScorePass:
 
 
 def fingerprint(manifest: dict, data_dir: Path, windows: np.ndarray, seq_len: int, chunk: int,
-                precision: str) -> dict:
-    """What a pass's chunks depend on; chunks recorded under another fingerprint are discarded."""
+                precision: str, compiled: bool) -> dict:
+    """What a pass's chunks depend on; chunks recorded under another fingerprint are discarded
+    (compiled and eager losses differ in the last bits, so a resume never mixes them)."""
     return {"model": manifest["files"].get("model.safetensors"), "data_dir": str(data_dir), "seq_len": seq_len,
-            "chunk": chunk, "n_windows": int(len(windows)), "precision": precision,
+            "chunk": chunk, "n_windows": int(len(windows)), "precision": precision, "compiled": compiled,
             "windows_sha256": hashlib.sha256(np.ascontiguousarray(windows, dtype=np.int64)).hexdigest()}
 
 
