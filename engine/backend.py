@@ -93,6 +93,9 @@ def resolve(requested: str = "auto", precision: str = "auto", op_overrides: dict
     chosen = {**defaults, **overrides}
     dtype, why = choose_precision(name, precision)
     notes = {**notes, "precision_choice": why}
+    if name == "cpu":
+        from engine.cpu_allocator import keep_freed_memory
+        notes["allocator"] = keep_freed_memory()
     if precision == "bf16" and name == "cpu" and not bf16_native("cpu"):
         log.warning("precision: %s", why)
     backend = Backend(name, device, build_table(name, chosen), dtype, PROCESS_GROUP_BACKEND[name], notes)
