@@ -116,6 +116,7 @@ def forward_latency_ms(cfg: ModelConfig, seq_len: int = 128, batch: int = 1, dev
     with torch.device("meta"):  # skip the random init of a possibly 1B-parameter model: only speed matters here
         model = GPT(cfg)
     model = model.to_empty(device=device).eval()
+    model.init_buffers(device)
     for p in model.parameters():
         p.data.fill_(0.01)
     idx = torch.randint(0, cfg.vocab_size, (batch, seq_len), device=device)

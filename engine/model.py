@@ -64,6 +64,14 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
+def rope_tables(cfg: ModelConfig, T: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary cos/sin tables [T, head_dim], fp32."""
+    inv = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, device=device).float() / cfg.head_dim)
+    freqs = torch.outer(torch.arange(T, device=device).float(), inv)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
 class GPT(nn.Module):
     def __init__(self, cfg: ModelConfig, ops: OpTable = REFERENCE):
         super().__init__()
@@ -76,6 +84,7 @@ class GPT(nn.Module):
             self.lm_head.weight = self.embed.weight
         self.register_buffer("rope_cos", torch.empty(0), persistent=False)
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
+        self.init_buffers()
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2 scaled init of residual projections
             if name.endswith(("o_proj.weight", "down_proj.weight")):
@@ -85,13 +94,15 @@ class GPT(nn.Module):
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, std=self.config.init_std)
 
+    def init_buffers(self, device=None):
+        """Build the rope tables for block_size; again after to_empty() from the meta device. Built here,
+        never inside forward: a table assigned during a compiled call (or under inference mode) changed
+        the buffer the graph was guarded on and forced a second compile."""
+        self.rope_cos, self.rope_sin = rope_tables(self.config, self.config.block_size, device)
+
     def rope(self, T: int, device):
-        if self.rope_cos.shape[0] < T or self.rope_cos.device != device:
-            cfg = self.config
-            inv = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, device=device).float() / cfg.head_dim)
-            freqs = torch.outer(torch.arange(max(T, cfg.block_size), device=device).float(), inv)
-            emb = torch.cat((freqs, freqs), dim=-1)
-            self.rope_cos, self.rope_sin = emb.cos(), emb.sin()
+        if self.rope_cos.shape[0] < T or self.rope_cos.device != device:  # longer than block_size: this call only
+            return rope_tables(self.config, T, device)
         return self.rope_cos[:T], self.rope_sin[:T]
 
     def hidden(self, idx: torch.Tensor) -> torch.Tensor:

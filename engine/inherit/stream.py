@@ -7,16 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.config import ModelConfig
-from engine.model import Block
+from engine.model import Block, rope_tables
 from engine.ops import REFERENCE, OpTable
-
-
-def rope_tables(cfg: ModelConfig, T: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same cos/sin tables as GPT.rope."""
-    inv = 1.0 / cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, device=device).float() / cfg.head_dim)
-    freqs = torch.outer(torch.arange(T, device=device).float(), inv)
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos(), emb.sin()
 
 
 class StreamedParent:

@@ -48,3 +48,34 @@ def test_budget_shapes_fit_the_budget():
     assert all(abs(count_params(c).total - 1e9) <= 0.05e9 for c in shapes)
     assert len({c.n_layer for c in shapes}) == len(shapes)
     assert set(PRESETS) >= {"pangu-pi-1b-pro", "pangu-pi-1.5b-pro", "pangu-pi-1b", "micro", "tiny"}
+
+
+def test_rope_tables_are_built_once_and_a_compiled_forward_never_recompiles():
+    """The tables used to be filled in by the first forward: inside a compiled call (or inference mode) that
+    changed the buffer the graph was guarded on, and the second call compiled again (a ~2 s stall in every
+    compiled scoring pass, a second compile in every compiled training run)."""
+    cfg = ModelConfig(vocab_size=64, n_layer=1, n_embd=32, n_head=2, block_size=16)
+    model = GPT(cfg)
+    assert model.rope_cos.shape == (16, cfg.head_dim)
+    idx = torch.randint(0, 64, (2, 16))
+    compiled = torch.compile(model, backend="eager")  # dynamo's guards only: no C++ compile needed
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(3):
+            compiled(idx, idx).backward()
+        with torch.inference_mode():
+            frozen = torch.compile(lambda i: model(i), backend="eager")
+            for _ in range(3):
+                frozen(idx)
+    # longer than block_size: computed for that call, never stored; the same values as the stored prefix
+    cos, sin = model.rope(40, idx.device)
+    assert cos.shape[0] == 40 and model.rope_cos.shape[0] == 16
+    torch.testing.assert_close(cos[:16], model.rope_cos, rtol=0, atol=0)
+
+
+def test_meta_device_model_gets_real_rope_tables():
+    cfg = ModelConfig(vocab_size=64, n_layer=1, n_embd=32, n_head=2, block_size=16)
+    with torch.device("meta"):
+        model = GPT(cfg)
+    model = model.to_empty(device="cpu")
+    model.init_buffers("cpu")
+    torch.testing.assert_close(model.rope_cos, GPT(cfg).rope_cos, rtol=0, atol=0)
