@@ -41,7 +41,7 @@ def main():
     fields.update({"compile": False, **{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}})
     spec = TrainSpec.model_validate(fields)
     backend = resolve(spec.backend, spec.precision, spec.ops)
-    cfg = model_config(SMALL["preset"], **SMALL["overrides"])
+    cfg = model_config(fields["model"]["preset"], **fields["model"].get("overrides", {}))  # --set model=... too
     torch.manual_seed(0)
     model = GPT(cfg, backend.ops)
     opt = backend.ops.adamw(param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)

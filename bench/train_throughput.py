@@ -266,7 +266,8 @@ def main():
     say(f"CPU {cpu_model()} ({os.cpu_count()} logical CPUs; avx512_bf16 {'yes' if 'avx512_bf16' in flags else 'no'}, "
         f"amx_bf16 {'yes' if 'amx_bf16' in flags else 'no'}); device {backend.device}; bf16 native: {native}; "
         f"precision {backend.describe()['precision']} ({backend.notes['precision_choice']}); "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; host allocator: "
+        f"{backend.notes['allocator']} (one process: both sides run with it)")
     say("measuring the matmul peak at this precision (1 s)")
     peak = measured_matmul_peak(str(backend.device), backend.autocast_dtype or torch.float32, n=1024, seconds=1.0)
     say(f"matmul peak {peak / 1e9:,.0f} GFLOP/s")

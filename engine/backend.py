@@ -20,8 +20,10 @@ log = logging.getLogger(__name__)
 DEFAULT_IMPLEMENTATIONS = {
     # chunked loss: never the full [tokens, vocab] logits; measured 5-8% faster a step at vocab 8,000 and even at
     # 2,048 (bench/train_throughput.py's rows, bf16, 1 thread, docs/train-speed.md); attention with a matmul
-    # backward inside compiled graphs (engine/cpu_ops.py: 1.8x faster than the flash backward there)
-    "cpu": {**{op: "torch" for op in OP_NAMES}, "linear_cross_entropy": "chunked", "attention": "cpu"},
+    # backward inside compiled graphs (engine/cpu_ops.py: 1.8x faster than the flash backward there); fused
+    # AdamW (engine/cpu_ops.py: 4.4x faster an optimizer step than foreach)
+    "cpu": {**{op: "torch" for op in OP_NAMES}, "linear_cross_entropy": "chunked", "attention": "cpu",
+            "adamw": "cpu"},
     "cuda": {"rms_norm": "triton", "rotary": "triton", "swiglu": "triton", "attention": "triton",
              "linear_cross_entropy": "triton", "adamw": "triton"},
     "npu": {op: "npu" for op in OP_NAMES},

@@ -66,6 +66,26 @@ def test_cpu_table_defaults_to_it():
     assert backend.ops.chosen["attention"] == "cpu" and backend.ops.attention is cpu_ops.attention
 
 
+def test_cpu_table_adamw_is_fused_and_updates_as_foreach_does():
+    backend = resolve("cpu", "fp32")
+    g = torch.Generator().manual_seed(0)
+    start = [torch.randn(37, 11, generator=g), torch.randn(5, generator=g)]
+    grads = [[torch.randn(p.shape, generator=g) for p in start] for _ in range(4)]
+    params = {}
+    for name, make in (("fused", backend.ops.adamw), ("foreach", ops.adamw)):
+        ps = [torch.nn.Parameter(p.clone()) for p in start]
+        opt = make([{"params": ps, "weight_decay": 0.1}], lr=1e-2)
+        for step in grads:
+            for p, grad in zip(ps, step):
+                p.grad = grad.clone()
+            opt.step()
+        params[name] = (opt, ps)
+    assert params["fused"][0].defaults["fused"] and not params["foreach"][0].defaults["fused"]
+    for a, b in zip(params["fused"][1], params["foreach"][1]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert not torch.equal(params["fused"][1][0], start[0])  # it did update
+
+
 def test_cpu_threads(monkeypatch):
     cores = distributed.physical_cores()
     assert 1 <= cores <= len(__import__("os").sched_getaffinity(0))

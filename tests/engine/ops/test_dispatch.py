@@ -36,7 +36,7 @@ def test_resolve_cpu_with_an_override_records_it():
     assert backend.ops.linear_cross_entropy is engine.chunked_ops.linear_cross_entropy  # the CPU default stays
     assert backend.ops.rms_norm is engine.ops.rms_norm
     described = backend.describe()
-    assert described["ops"] == {**{op: "torch" for op in OP_NAMES}, "linear_cross_entropy": "chunked"}
+    assert described["ops"] == {**{op: "torch" for op in OP_NAMES}, "linear_cross_entropy": "chunked", "adamw": "cpu"}
     assert described["backend"] == "cpu" and described["precision"] == "fp32"
 
 
