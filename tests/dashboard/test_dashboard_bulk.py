@@ -19,10 +19,8 @@ BULK = {"bulk_chunks": 20}  # the run's metrics in 20 large writes, as a trainer
 
 @pytest.fixture(scope="module")
 def bulk(tmp_path_factory):
-    home = tmp_path_factory.mktemp("bulk")
-    svc = Service(home / "home", f"sqlite:///{home / 'tf.db'}", embedded_worker=True)
-    yield svc
-    svc.close()
+    with Service.on_sqlite(tmp_path_factory.mktemp("bulk"), embedded_worker=True) as svc:
+        yield svc
 
 
 def test_a_100k_point_run_is_drawn_from_downsampled_series(bulk, open_page):

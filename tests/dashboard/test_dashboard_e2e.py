@@ -21,15 +21,13 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 @pytest.fixture(scope="module")
 def dash(tmp_path_factory):
     """A server with the real engine, and a token of each scope."""
-    home = tmp_path_factory.mktemp("dash")
-    svc = Service(home / "home", f"sqlite:///{home / 'tf.db'}", embedded_worker=True, **REAL_ENGINE)
-    for scope in ("read", "submit"):
-        r = svc.http.post("/v1/tokens", json={"scope": scope, "name": f"dashboard-{scope}"})
-        assert r.status_code == 201, r.text
-        setattr(svc, f"{scope}_token", r.json()["token"])
-    svc.jobs = {}  # what earlier tests made, by role
-    yield svc
-    svc.close()
+    with Service.on_sqlite(tmp_path_factory.mktemp("dash"), embedded_worker=True, **REAL_ENGINE) as svc:
+        for scope in ("read", "submit"):
+            r = svc.http.post("/v1/tokens", json={"scope": scope, "name": f"dashboard-{scope}"})
+            assert r.status_code == 201, r.text
+            setattr(svc, f"{scope}_token", r.json()["token"])
+        svc.jobs = {}  # what earlier tests made, by role
+        yield svc
 
 
 def micro(name: str, steps: int, **resources) -> dict:

@@ -55,9 +55,8 @@ def debug_logging_service(home: Path, db_url: str, **env) -> Service:
 @pytest.fixture
 def sqlite_service(tmp_path):
     """A fresh server (no worker) on its own SQLite file."""
-    svc = Service(tmp_path / "home", f"sqlite:///{tmp_path / 'tinyforge.db'}")
-    yield svc
-    svc.close()
+    with Service.on_sqlite(tmp_path) as svc:
+        yield svc
 
 
 @pytest.fixture

@@ -26,10 +26,8 @@ PlaywrightTimeout = pytest.importorskip("playwright.sync_api", reason="playwrigh
 
 @pytest.fixture
 def hostile_service(tmp_path):
-    svc = Service(tmp_path / "home", f"sqlite:///{tmp_path / 'tinyforge.db'}", embedded_worker=True,
-                  TINYFORGE_ENGINE_COMMAND=HOSTILE_ENGINE)
-    yield svc
-    svc.close()
+    with Service.on_sqlite(tmp_path, embedded_worker=True, TINYFORGE_ENGINE_COMMAND=HOSTILE_ENGINE) as svc:
+        yield svc
 
 
 def submit_hostile_jobs(svc) -> tuple[dict, dict]:

@@ -15,10 +15,8 @@ from tests.support.service import REPO, Service, stage
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("cli")
-    svc = Service(tmp / "home", f"sqlite:///{tmp / 'tf.db'}", embedded_worker=True)
-    yield svc
-    svc.close()
+    with Service.on_sqlite(tmp_path_factory.mktemp("cli"), embedded_worker=True) as svc:
+        yield svc
 
 
 def cli(svc, *args, token=None):

@@ -18,9 +18,8 @@ REAL_ENGINE = {"TINYFORGE_STAGE_SPECS": "engine.spec:STAGE_SPECS",
 
 @pytest.fixture
 def real_service(tmp_path):
-    svc = Service(tmp_path / "home", f"sqlite:///{tmp_path / 'tf.db'}", embedded_worker=True, **REAL_ENGINE)
-    yield svc
-    svc.close()
+    with Service.on_sqlite(tmp_path, embedded_worker=True, **REAL_ENGINE) as svc:
+        yield svc
 
 
 @pytest.mark.slow

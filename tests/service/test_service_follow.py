@@ -51,7 +51,7 @@ class CountingListener:
 
 
 def test_follower_backs_off_when_the_server_goes_away_then_exits_4(tmp_path):
-    svc = Service(tmp_path / "home", f"sqlite:///{tmp_path / 'tf.db'}")
+    svc = Service.on_sqlite(tmp_path)
     try:
         job = svc.submit({"name": "stays-queued", "stages": [stage("train", steps=3)]})  # no worker: never ends
         env = {**svc.env, "TINYFORGE_URL": svc.url, "TINYFORGE_TOKEN": svc.token}

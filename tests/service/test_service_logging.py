@@ -9,8 +9,7 @@ from tests.support.service import Service, stage
 
 
 def test_access_log_json_and_request_id_in_header_and_job_events(tmp_path):
-    svc = Service(tmp_path / "home", f"sqlite:///{tmp_path / 'tf.db'}", log_level="info",
-                  serve_args=("--log-format", "json"))
+    svc = Service.on_sqlite(tmp_path, log_level="info", serve_args=("--log-format", "json"))
     try:
         r = svc.http.post("/v1/jobs", json={"name": "traced", "stages": [stage("train", steps=3)]},
                           headers={"X-Request-ID": "ci-run-42.submit"})

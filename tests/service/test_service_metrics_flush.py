@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 def test_final_flush_stores_every_point_of_a_large_last_write(tmp_path):
     steps = 101_000  # ~9.6 MiB of JSON lines, written at once at the end of the stage
-    svc = Service(tmp_path / "home", f"sqlite:///{tmp_path / 'tf.db'}", embedded_worker=True)
+    svc = Service.on_sqlite(tmp_path, embedded_worker=True)
     try:
         job = svc.submit({"name": "one-big-write", "stages": [{"kind": "train",
                                                                "config": {"steps": steps, "bulk_chunks": 1}}]})

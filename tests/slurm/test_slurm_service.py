@@ -12,10 +12,9 @@ SLURM = {"launcher": "slurm", "backend": "cpu"}
 
 @pytest.fixture
 def service(slurm, tmp_path):
-    svc = fixtures.Service(tmp_path / "home", f"sqlite:///{tmp_path / 'tinyforge.db'}")
-    svc.worker()
-    yield svc
-    svc.close()
+    with fixtures.Service.on_sqlite(tmp_path) as svc:
+        svc.worker()
+        yield svc
 
 
 def lines(service, job_id: str, stream: str) -> list[str]:

@@ -127,6 +127,17 @@ class Service:
         self.token = (self.home / "admin.token").read_text().strip()
         self.http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=30)
 
+    @classmethod
+    def on_sqlite(cls, root: Path, **kw) -> "Service":
+        """A server whose home and SQLite file both live under `root`."""
+        return cls(Path(root) / "home", f"sqlite:///{Path(root) / 'tinyforge.db'}", **kw)
+
+    def __enter__(self) -> "Service":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def worker(self, name: str | None = None, devices: str = "cpu=2", **env) -> subprocess.Popen:
         name = name or f"w{len(self.workers)}"
         log = open(self.home / f"worker-{name}.log", "ab")
