@@ -149,6 +149,15 @@ class LocalSlurm:
         self._wait("the node to be idle",
                    lambda: "idle" in self.run("sinfo", "-h", "-N", "-o", "%t").stdout)
 
+    def wait_quiet(self, timeout: float = 60) -> None:
+        """Until no job is queued and no step is winding down (no slurmstepd left). Without cgroups a step
+        still exiting when the next job starts was seen to take that job's step with it (slurmd log:
+        `[7.0] done with job`, then `STEP 8.0 ... CANCELLED` 11 ms later, 3 s into job 8)."""
+        self._wait("the previous jobs to end",
+                   lambda: not self.run("squeue", "-h").stdout.strip()
+                   and subprocess.run(["pgrep", "-x", "slurmstepd"], capture_output=True).returncode == 1,
+                   timeout)
+
     def stop(self) -> None:
         if len(self.procs) == len(DAEMONS):  # jobs a failed test left behind end with the cluster
             self.run("scancel", "--full", "--signal=KILL", "--user=root")
@@ -161,6 +170,13 @@ class LocalSlurm:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+
+
+@pytest.fixture(autouse=True)
+def _slurm_quiet_between_tests(request):
+    """Every test that uses the cluster starts on a quiet one (LocalSlurm.wait_quiet)."""
+    if "slurm" in request.fixturenames:
+        request.getfixturevalue("slurm").wait_quiet()
 
 
 @pytest.fixture(scope="module")
