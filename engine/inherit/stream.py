@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engine.config import ModelConfig
 from engine.model import Block, rope_tables
 from engine.ops import REFERENCE, OpTable
 
