@@ -11,7 +11,6 @@ jemalloc/tcmalloc; these two glibc settings do it without a preload. A user's ow
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc <malloc.h>
@@ -39,8 +38,9 @@ def keep_freed_memory(env=os.environ) -> str:
 
 def _mallopt() -> str:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        # the C library this process already has loaded: ctypes.util.find_library would run `ldconfig -p`,
+        # a child process whose command line, until its exec, is the engine's own
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to set
         return "left alone: no glibc mallopt"
     if mallopt(M_MMAP_THRESHOLD, KEEP_BYTES) != 1 or mallopt(M_TRIM_THRESHOLD, KEEP_BYTES) != 1:

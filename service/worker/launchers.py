@@ -172,20 +172,27 @@ class LocalLauncher(Launcher):
 
 
 PR_SET_PDEATHSIG = 1
-try:
-    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child must not load anything
+try:  # resolved here: the child must not load anything
+    _LIBC = ctypes.CDLL(None, use_errno=True)
+    _PRCTL, _SIGNAL = _LIBC.prctl, _LIBC.signal
+    _SIGNAL.restype, _SIGNAL.argtypes = ctypes.c_void_p, (ctypes.c_int, ctypes.c_void_p)
 except (OSError, AttributeError):  # not Linux
-    _PRCTL = None
+    _PRCTL = _SIGNAL = None
 
 
 def _die_with_parent(parent: int):
     """preexec_fn of a stage: when the worker dies (even SIGKILL) the stage gets SIGTERM, so it checkpoints
     and exits instead of running on unowned and writing into a run directory that the next attempt takes
     over. Checking the parent after prctl closes the window in which the worker died before it: the child
-    was already reparented, and exits at once. (Unlike `setpriv --pdeathsig`, which leaves that window.)"""
-    prctl, sigterm = _PRCTL, int(signal.SIGTERM)  # the child (forked from a threaded worker) only calls
+    was already reparented, and exits at once. (Unlike `setpriv --pdeathsig`, which leaves that window.)
+    SIGTERM goes back to its default action first: the child inherits the worker's handler (which only
+    sets a flag), so a worker dying between prctl and exec would have its SIGTERM swallowed there and the
+    engine would start unowned."""
+    # the child (forked from a threaded worker) only calls these
+    prctl, set_handler, sigterm = _PRCTL, _SIGNAL, int(signal.SIGTERM)
 
     def preexec() -> None:
+        set_handler(sigterm, int(signal.SIG_DFL))
         prctl(PR_SET_PDEATHSIG, sigterm, 0, 0, 0)
         if os.getppid() != parent:
             os._exit(75)

@@ -178,6 +178,19 @@ def processes_in(run_dir: Path) -> dict[int, float]:
     return out
 
 
+def describe_processes(pids) -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of those still there: what a failed process count was made of."""
+    out = {}
+    for pid in pids:
+        try:
+            parent = int((Path(f"/proc/{pid}") / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            line = (Path(f"/proc/{pid}") / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        out[pid] = (parent, line.strip()[:300])
+    return out
+
+
 # ------------------------------------------------------------------ database invariants
 
 def consistency_problems(db_url: str) -> list[str]:

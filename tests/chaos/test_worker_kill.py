@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from chaos_fixtures import PY, REPO, SAMPLE, ChaosService, consistency_problems, processes_in
+from chaos_fixtures import PY, REPO, SAMPLE, ChaosService, consistency_problems, describe_processes, processes_in
 
 KILLS = 11
 STEPS = 160  # enough for every kill to land mid-run however fast the engine steps (80 ran out)
@@ -57,12 +57,16 @@ class Watch(threading.Thread):
     def __init__(self, run_dir: Path):
         super().__init__(daemon=True)
         self.run_dir, self.most, self.seen, self.done = run_dir, 0, set(), threading.Event()
+        self.crowd = ""  # who they were, the first time there were several: parent pid and command line
 
     def run(self):
         while not self.done.wait(0.02):
             procs = processes_in(self.run_dir)
             self.most = max(self.most, len(procs))
             self.seen |= set(procs.items())
+            if len(procs) > 1 and not self.crowd:
+                self.crowd = "; ".join(f"pid {pid} (parent {parent}): {line}" for pid, (parent, line)
+                                       in describe_processes(procs).items())
 
 
 def flat(obj, prefix: str = "") -> dict:
@@ -143,7 +147,7 @@ def test_sigkilled_workers_resume_training_bit_identically(tmp_path, figures):
         # never two engines in the run directory; none left now
         watch.done.set()
         watch.join()
-        assert watch.most == 1, f"{watch.most} processes wrote into the run directory at once"
+        assert watch.most == 1, f"{watch.most} processes in the run directory at once: {watch.crowd}"
         assert processes_in(run_dir) == {}
         starts = len({p for p, _ in watch.seen})
         assert 1 < starts <= len(attempts)  # at most one engine per attempt (one killed early starts none)

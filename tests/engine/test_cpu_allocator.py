@@ -34,6 +34,18 @@ def test_freed_memory_is_reused_without_page_faults():
     assert int(kept) < int(default) / 20, (default, kept)
 
 
+def test_setting_it_starts_no_process():
+    """A child of the engine, until its exec, names the run directory on its command line as the engine does:
+    tests/chaos/test_worker_kill.py saw two processes there at once when the setting ran `ldconfig -p`."""
+    probe = ("import subprocess\n"
+             "def refuse(*a, **k): raise AssertionError(f'a process started: {a}')\n"
+             "subprocess.Popen.__init__ = refuse\n"
+             "from engine import cpu_allocator\n"
+             "print(cpu_allocator.keep_freed_memory({}))")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("glibc mmap/trim thresholds"), out.stderr
+
+
 def test_a_users_allocator_settings_are_left_alone(monkeypatch):
     monkeypatch.setattr(cpu_allocator, "_applied", None)
     assert "jemalloc" in cpu_allocator.keep_freed_memory({"LD_PRELOAD": "/usr/lib/libjemalloc.so.2"})
