@@ -26,7 +26,7 @@ def _grads(fn, q, k, v, grad_out, autocast=False):
 @pytest.mark.parametrize("Hq,Hkv,T", [(4, 4, 64), (4, 2, 128), (6, 1, 130)])  # one, two, two odd query blocks
 def test_matmul_backward_matches_reference_fp32(Hq, Hkv, T):
     (q, k, v), grad_out = _qkv(Hq=Hq, Hkv=Hkv, T=T)
-    ours = _grads(cpu_ops.MatmulBackwardAttention.apply, q, k, v, grad_out)
+    ours = _grads(cpu_ops.MatmulAttention.apply, q, k, v, grad_out)
     reference = _grads(ops.attention, q, k, v, grad_out)
     for name, a, b in zip(("out", "dq", "dk", "dv"), ours, reference):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
@@ -37,7 +37,7 @@ def test_matmul_backward_bf16_as_accurate_as_flash():
     (q, k, v), grad_out = _qkv(B=4, T=128, D=32)
     exact = _grads(ops.attention, q, k, v, grad_out)
     flash = _grads(lambda *a: ops.attention(*(t.to(torch.bfloat16) for t in a)), q, k, v, grad_out, autocast=True)
-    ours = _grads(lambda *a: cpu_ops.MatmulBackwardAttention.apply(*(t.to(torch.bfloat16) for t in a)),
+    ours = _grads(lambda *a: cpu_ops.MatmulAttention.apply(*(t.to(torch.bfloat16) for t in a)),
                   q, k, v, grad_out, autocast=True)
     for name, e, f, o in zip(("out", "dq", "dk", "dv"), exact, flash, ours):
         err_flash = ((f - e).norm() / e.norm()).item()
@@ -45,7 +45,7 @@ def test_matmul_backward_bf16_as_accurate_as_flash():
         assert 0 < err_ours < max(1.5 * err_flash, 1e-3), (name, err_ours, err_flash)
 
 
-def test_eager_attention_is_the_reference_and_compiled_takes_the_matmul_backward():
+def test_eager_attention_is_the_reference_and_compiled_takes_the_matmuls():
     (q, k, v), grad_out = _qkv(T=128)  # two query blocks
     eager = _grads(cpu_ops.attention, q, k, v, grad_out)
     assert all(torch.equal(a, b) for a, b in zip(eager, _grads(ops.attention, q, k, v, grad_out)))
@@ -56,7 +56,8 @@ def test_eager_attention_is_the_reference_and_compiled_takes_the_matmul_backward
         got = _grads(compiled, q, k, v, grad_out)
     names = {e.key for e in prof.key_averages()}
     assert "aten::_scaled_dot_product_flash_attention_for_cpu_backward" not in names
-    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in names  # the forward kernel is kept
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" not in names
+    assert "aten::bmm" in names
     for a, b in zip(got, eager):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
