@@ -62,6 +62,18 @@ def test_eager_attention_is_the_reference_and_compiled_takes_the_matmuls():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_compiled_inference_takes_the_matmul_forward():
+    """A scoring pass (no grad) in a compiled graph: the matmul forward, the reference's output."""
+    (q, k, v), _ = _qkv(T=128)
+    compiled = torch.compile(cpu_ops.attention)
+    from torch.profiler import profile
+    with torch.inference_mode(), profile() as prof:
+        got = compiled(q, k, v)
+    names = {e.key for e in prof.key_averages()}
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" not in names and "aten::bmm" in names
+    torch.testing.assert_close(got, ops.attention(q, k, v), rtol=1e-4, atol=1e-5)
+
+
 def test_cpu_table_defaults_to_it():
     backend = resolve("cpu", "fp32")
     assert backend.ops.chosen["attention"] == "cpu" and backend.ops.attention is cpu_ops.attention
