@@ -62,9 +62,10 @@ def test_eager_attention_is_the_reference_and_compiled_takes_the_matmuls():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_compiled_inference_takes_the_matmul_forward():
+@pytest.mark.parametrize("T", [64, 128, 130])  # one query block; four equal; four unequal
+def test_compiled_inference_takes_the_matmul_forward(T):
     """A scoring pass (no grad) in a compiled graph: the matmul forward, the reference's output."""
-    (q, k, v), _ = _qkv(T=128)
+    (q, k, v), _ = _qkv(T=T)
     compiled = torch.compile(cpu_ops.attention)
     from torch.profiler import profile
     with torch.inference_mode(), profile() as prof:
