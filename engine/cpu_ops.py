@@ -16,11 +16,12 @@ forward is matmuls too (S = q k^T, log-sum-exp, P V): a compiled small-row step 
 with the flash forward kernel (six alternated pairs, 1-9%), the bench row unchanged. Relative error
 against an fp32 reference, bf16 inputs (three seeds): output 0.40% vs the flash kernels' 0.31%; dq, dk,
 dv 0.57, 0.59, 0.44% vs 0.45, 0.55, 0.49%, and below the 0.61, 0.62, 0.48% of the flash forward with
-this backward (its probabilities now come from the same bf16 scores as the forward's). Eager, the element-wise
-ops run one by one and it is slower than the flash kernels, so it is used only inside a compiled graph
-(training, and the forward alone in a compiled scoring pass: 6-15% faster a pass on an AMD EPYC with
-AVX512-BF16, where the flash forward was half of it); everywhere else this is the reference attention
-(engine/ops.py).
+this backward (its probabilities now come from the same bf16 scores as the forward's). Eager, the
+element-wise ops run one by one and it is slower than the flash kernels, so it is used only inside a compiled graph
+(training, and the forward alone in a compiled scoring pass: a 64 x 256 pass on an AMD EPYC with
+AVX512-BF16, where the flash forward was half of it, took 114-122 ms against 130-131 with it, and
+102-108 ms against 123-131 once in four causal query blocks, alternated pairs); everywhere else this
+is the reference attention (engine/ops.py).
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ class MatmulAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v):
-        out, lse = _forward(q, k, v)
+        out, lse = _forward(q, k, v, (0, q.shape[2]))
         ctx.save_for_backward(q, k, v, out, lse)
         return out
 
@@ -54,16 +55,16 @@ class MatmulAttention(torch.autograd.Function):
         return _backward(q, k, v, out, lse, grad_out, bounds)
 
 
-def _forward(q, k, v, bounds=None):
+def _forward(q, k, v, bounds):
     """Output and log-sum-exp of causal attention, query block [t0, t1) against keys [0, t1) for each pair
-    of bounds (default one block). The scores come out of a bf16 matmul in bf16, as the backward
+    of bounds. The scores come out of a bf16 matmul in bf16, as the backward
     recomputes them, so the backward differentiates exactly what was computed here."""
     B, Hq, T, D = q.shape
     Hkv = k.shape[1]
     group = Hq // Hkv
     q5 = q.reshape(B, Hkv, group, T, D)
     outs, lses = [], []
-    for t0, t1 in zip(bounds[:-1], bounds[1:]) if bounds else [(0, T)]:
+    for t0, t1 in zip(bounds[:-1], bounds[1:]):
         rows = group * (t1 - t0)
         q_blk = q5[:, :, :, t0:t1].reshape(B, Hkv, rows, D)
         scores = torch.matmul(q_blk, k[:, :, :t1].transpose(-1, -2)).float().view(B, Hkv, group, t1 - t0, t1)
@@ -115,7 +116,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
         # vs 118.2-120.6 in one block (two: 102.2-108.7, eight as four); in training one block measured as
         # fast as two or four, where the batches are eight times smaller
         T = q.shape[2]
-        return _forward(q, k, v, tuple(T * i // 4 for i in range(5)) if T >= 128 else None)[0]
+        return _forward(q, k, v, tuple(T * i // 4 for i in range(5)) if T >= 128 else (0, T))[0]
     return ops.attention(q, k, v)
 
 
