@@ -55,10 +55,21 @@ class MatmulAttention(torch.autograd.Function):
         return _backward(q, k, v, out, lse, grad_out, bounds)
 
 
+def _block_scores(q5, k, t0, t1):
+    """Query rows [t0, t1) of each kv head's query heads, side by side (q5 [B, Hkv, group, T, D]), against
+    keys [0, t1): the block's queries [B, Hkv, rows, D], its unscaled scores from one bf16 matmul, in fp32
+    [B, Hkv, group, t1 - t0, t1], and the causal mask (True above the diagonal). The forward and the
+    backward both take their scores from here, so the backward differentiates what the forward computed."""
+    B, Hkv, group, _, D = q5.shape
+    q_blk = q5[:, :, :, t0:t1].reshape(B, Hkv, group * (t1 - t0), D)
+    scores = torch.matmul(q_blk, k[:, :, :t1].transpose(-1, -2)).float().view(B, Hkv, group, t1 - t0, t1)
+    causal = torch.arange(t1, device=q5.device)[None, :] > torch.arange(t0, t1, device=q5.device)[:, None]
+    return q_blk, scores, causal
+
+
 def _forward(q, k, v, bounds):
     """Output and log-sum-exp of causal attention, query block [t0, t1) against keys [0, t1) for each pair
-    of bounds. The scores come out of a bf16 matmul in bf16, as the backward
-    recomputes them, so the backward differentiates exactly what was computed here."""
+    of bounds."""
     B, Hq, T, D = q.shape
     Hkv = k.shape[1]
     group = Hq // Hkv
@@ -66,9 +77,7 @@ def _forward(q, k, v, bounds):
     outs, lses = [], []
     for t0, t1 in zip(bounds[:-1], bounds[1:]):
         rows = group * (t1 - t0)
-        q_blk = q5[:, :, :, t0:t1].reshape(B, Hkv, rows, D)
-        scores = torch.matmul(q_blk, k[:, :, :t1].transpose(-1, -2)).float().view(B, Hkv, group, t1 - t0, t1)
-        causal = torch.arange(t1, device=q.device)[None, :] > torch.arange(t0, t1, device=q.device)[:, None]
+        _, scores, causal = _block_scores(q5, k, t0, t1)
         scores = (scores * D ** -0.5).masked_fill(causal, float("-inf"))
         lse = torch.logsumexp(scores, -1)
         probs = torch.exp(scores - lse[..., None]).to(q.dtype).view(B, Hkv, rows, t1)
@@ -92,12 +101,9 @@ def _backward(q, k, v, out, lse, grad_out, bounds):
     grad_q = []
     for t0, t1 in zip(bounds[:-1], bounds[1:]):
         rows = group * (t1 - t0)
-        q_blk = q5[:, :, :, t0:t1].reshape(B, Hkv, rows, D)
+        q_blk, scores, causal = _block_scores(q5, k, t0, t1)
         grad_blk = grad5[:, :, :, t0:t1].to(q.dtype).reshape(B, Hkv, rows, D)
         k_blk, v_blk = k[:, :, :t1], v[:, :, :t1]
-        scores = torch.matmul(q_blk, k_blk.transpose(-1, -2)).float().view(B, Hkv, group, t1 - t0, t1)
-        causal = (torch.arange(t1, device=q.device)[None, :] >
-                  torch.arange(t0, t1, device=q.device)[:, None])
         probs = torch.exp(scores * scale - lse4[:, :, :, t0:t1, None]).masked_fill(causal, 0.0)
         grad_v[:, :, :t1] += torch.matmul(probs.to(q.dtype).view(B, Hkv, rows, t1).transpose(-1, -2), grad_blk)
         grad_probs = torch.matmul(grad_blk, v_blk.transpose(-1, -2)).float().view(B, Hkv, group, t1 - t0, t1)
