@@ -6,7 +6,8 @@ Scoring's logits and the larger activations sit right there. Measured on a 2-cor
 a [8192, 128] x [128, 2048] bf16 matmul took 11.3 ms against 2.3 ms once its output's memory was reused;
 compiled scoring of the demo-scale model went from 127k to 163k tokens/s, a compiled one-thread training
 step from 200-206 to 165-175 ms (docs/train-speed.md). PyTorch's CPU tuning guide gets the same from
-jemalloc/tcmalloc; these two glibc settings do it without a preload. A user's own MALLOC_* settings or a preloaded allocator are left alone.
+jemalloc/tcmalloc; these two glibc settings do it without a preload. A user's own MALLOC_* settings or a
+preloaded allocator are left alone.
 """
 from __future__ import annotations
 

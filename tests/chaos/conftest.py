@@ -160,6 +160,12 @@ class ChaosService(Service):
                 p.wait(1)
 
 
+def _stat_fields(proc: Path) -> list[str]:
+    """/proc/<pid>/stat after the command name (which may hold spaces and parentheses): state first, then
+    the parent pid; the start time in ticks is index 19."""
+    return (proc / "stat").read_text().rsplit(")", 1)[1].split()
+
+
 def processes_in(run_dir: Path) -> dict[int, float]:
     """Live (non-zombie) processes whose command line names `run_dir`: pid -> start time in ticks."""
     needle = os.fsencode(str(run_dir))
@@ -170,7 +176,7 @@ def processes_in(run_dir: Path) -> dict[int, float]:
         try:
             if needle not in (d / "cmdline").read_bytes():
                 continue
-            stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            stat = _stat_fields(d)
         except OSError:
             continue
         if stat[0] not in ("Z", "X"):
@@ -183,8 +189,8 @@ def describe_processes(pids) -> dict[int, tuple[int, str]]:
     out = {}
     for pid in pids:
         try:
-            parent = int((Path(f"/proc/{pid}") / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            line = (Path(f"/proc/{pid}") / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            parent = int(_stat_fields(Path(f"/proc/{pid}"))[1])
+            line = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except (OSError, ValueError, IndexError):
             continue
         out[pid] = (parent, line.strip()[:300])
