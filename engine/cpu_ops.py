@@ -36,23 +36,27 @@ class MatmulAttention(torch.autograd.Function):
     head h // (Hq / Hkv), as enable_gqa), as batched matmuls both ways. Forward: S = q k^T * scale masked,
     lse = logsumexp(S), O = exp(S - lse) V (only lse kept, as a flash kernel keeps it); backward:
     P = exp(q k^T * scale - lse) masked, dV = P^T dO, dP = dO V^T, dS = P (dP - rowsum(dO O)),
-    dQ = dS K scale, dK = dS^T Q scale, in two causal query blocks."""
+    dQ = dS K scale, dK = dS^T Q scale; both ways in two causal query blocks (_training_blocks)."""
 
     @staticmethod
     def forward(ctx, q, k, v):
-        out, lse = _forward(q, k, v, (0, q.shape[2]))
+        out, lse = _forward(q, k, v, _training_blocks(q.shape[2]))
         ctx.save_for_backward(q, k, v, out, lse)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, lse = ctx.saved_tensors
-        T = q.shape[2]
-        # two query blocks: the first half of the queries sees only the first half of the keys, so a quarter
-        # of the (masked) probabilities is never computed; measured at seq 256: 3.9-4.0 ms vs 4.2-4.5 ms per
-        # attention call (four or eight blocks were slower: thinner matmuls)
-        bounds = (0, T // 2, T) if T >= 128 and T % 2 == 0 else (0, T)
-        return _backward(q, k, v, out, lse, grad_out, bounds)
+        return _backward(q, k, v, out, lse, grad_out, _training_blocks(q.shape[2]))
+
+
+def _training_blocks(T: int) -> tuple[int, ...]:
+    """Two causal query blocks (the first half of the queries sees only the first half of the keys, so a
+    quarter of the masked scores is never computed) for both directions. Backward: 3.9-4.0 vs 4.2-4.5 ms per
+    attention call at seq 256 (four or eight blocks slower: thinner matmuls). Forward: no gain on a Zen 5
+    (session 6); on a Zen 4, where the forward's softmax kernel took 15.6 ms of a small-row step (8.6 on the
+    Zen 5), the step 6% faster and the bench row's 7-8% (session 7, docs/train-speed.md)."""
+    return (0, T // 2, T) if T >= 128 and T % 2 == 0 else (0, T)
 
 
 def _block_scores(q5, k, t0, t1):
@@ -63,7 +67,9 @@ def _block_scores(q5, k, t0, t1):
     B, Hkv, group, _, D = q5.shape
     q_blk = q5[:, :, :, t0:t1].reshape(B, Hkv, group * (t1 - t0), D)
     scores = torch.matmul(q_blk, k[:, :, :t1].transpose(-1, -2)).float().view(B, Hkv, group, t1 - t0, t1)
-    causal = torch.arange(t1, device=q5.device)[None, :] > torch.arange(t0, t1, device=q5.device)[:, None]
+    # int32 positions: the fused kernels compare them in vectors half as wide as int64's
+    pos = torch.arange(t1, device=q5.device, dtype=torch.int32)
+    causal = pos[None, :] > pos[t0:t1, None]
     return q_blk, scores, causal
 
 
