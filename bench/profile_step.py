@@ -29,19 +29,12 @@ from engine.train import param_groups  # noqa: E402
 SMALL = dict(preset="tiny", overrides=dict(vocab_size=2048, block_size=256, tie_embeddings=True))
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--set", action="append", default=[], help="TrainSpec field=value (YAML-typed)")
-    ap.add_argument("--threads", type=int, default=1, help="1: comparable on a loaded machine")
-    ap.add_argument("--rows", type=int, default=15)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    fields = dict(model={"preset": SMALL["preset"], "overrides": SMALL["overrides"]}, batch_size=16, micro_batch=8,
-                  seq_len=256, backend="cpu")
-    fields.update({"compile": False, **{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}})
+def build_step(fields: dict):
+    """The step `engine.train.train`'s loop makes, on the model, optimizer and operator table the TrainSpec
+    `fields` resolve to (random tokens): (step function, tokens a step, the spec, the backend)."""
     spec = TrainSpec.model_validate(fields)
     backend = resolve(spec.backend, spec.precision, spec.ops)
-    cfg = model_config(fields["model"]["preset"], **fields["model"].get("overrides", {}))  # --set model=... too
+    cfg = model_config(spec.model.preset, **spec.model.overrides)
     torch.manual_seed(0)
     model = GPT(cfg, backend.ops)
     opt = backend.ops.adamw(param_groups(model, 0.1), lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
@@ -59,6 +52,38 @@ def main():
             par.forward_backward(x[sl], y[sl], m, backend.autocast())
         return par.step()
 
+    return step, spec.batch_size * spec.seq_len, spec, backend
+
+
+MATMULS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm")
+
+
+def matmul_time(step, steps: int = 3) -> tuple[float, float]:
+    """(seconds a step, seconds of it in matrix multiplications) over `steps` profiled steps, after three
+    unprofiled ones (the compile, when compiled)."""
+    for _ in range(3):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t = time.perf_counter()
+        for _ in range(steps):
+            step()
+        wall = (time.perf_counter() - t) / steps
+    mm = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in MATMULS) / 1e6 / steps
+    return wall, mm
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--set", action="append", default=[], help="TrainSpec field=value (YAML-typed)")
+    ap.add_argument("--threads", type=int, default=1, help="1: comparable on a loaded machine")
+    ap.add_argument("--rows", type=int, default=15)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    fields = dict(model={"preset": SMALL["preset"], "overrides": SMALL["overrides"]}, batch_size=16, micro_batch=8,
+                  seq_len=256, backend="cpu")
+    fields.update({"compile": False, **{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}})
+    step, tokens, spec, backend = build_step(fields)
+    cfg = model_config(spec.model.preset, **spec.model.overrides)
     for _ in range(3):
         step()
     times = []
@@ -71,7 +96,6 @@ def main():
     print(f"config: hidden {cfg.n_embd}, layers {cfg.n_layer}, vocab {cfg.vocab_size} tied, seq {spec.seq_len}, "
           f"batch {spec.batch_size} (micro {spec.micro_batch}); backend {backend.describe()}; compile {spec.compile}; "
           f"{torch.get_num_threads()} thread(s); load average {os.getloadavg()[0]:.2f}")
-    tokens = spec.batch_size * spec.seq_len
     print(f"step time (best of 3, unprofiled): {min(times) * 1e3:.0f} ms = {tokens / min(times):,.0f} tokens/s")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=40))
 

@@ -16,7 +16,9 @@ same batches, eager and under torch.compile. Rows:
   score   the small model's forward-only scoring pass (multi-round training; engine/rounds/score.py),
           eager and compiled, against training tokens/s the same way     target >= 3.3x
 The headline ratio is the engine as a long run trains (compiled) against transformers eager; the
-other pairings are printed beside it. The sides are alternated (`--trials` times each, best kept) so
+other pairings are printed beside it, and the ceiling the matrix multiplications set on this machine:
+the transformers step time over the time a profiled compiled engine step spends in aten mm/bmm (what
+the ratio would be if nothing but those products were left). The sides are alternated (`--trials` times each, best kept) so
 drifting load hits all alike. A ratio is printed only when the 1-minute load average moved by at most
 1 during its row; otherwise the row is measured again (`--attempts`), and then withheld. Progress
 lines keep coming (never a silent minute)."""
@@ -45,6 +47,7 @@ from engine.paths import BUNDLED_CORPUS  # noqa: E402
 from engine.run_record import read_metrics  # noqa: E402
 from engine.spec import TrainSpec  # noqa: E402
 from engine.train import train  # noqa: E402
+from profile_step import build_step, matmul_time  # noqa: E402  bench/, beside this script
 
 ROWS = {
     "bench": dict(preset="small", overrides=dict(vocab_size=8000, block_size=256), seq=256, batch=8, micro=8,
@@ -196,6 +199,13 @@ def measure_row(name: str, args, work: Path) -> dict | None:
                 say(f"{name}: {label} {tps:,.0f} tokens/s")
         result = {"row": name, **best, "precision": backend.describe()["precision"], "load_start": load0,
                   "threads": torch.get_num_threads()}
+        if "engine_compiled" in best:
+            say(f"{name}: profiling the matrix multiplications of a compiled engine step (bench/profile_step.py)")
+            step, _, _, _ = build_step(dict(
+                model={"preset": row["preset"], "overrides": row["overrides"]}, batch_size=row["batch"],
+                micro_batch=row["micro"], seq_len=row["seq"], backend=args.backend, precision=args.precision,
+                compile=True))
+            result["profiled_step_s"], result["matmul_s"] = matmul_time(step)
         if name == "small" and not args.no_score:
             for compile_ in sorted(run_dir):
                 say(f"{name}: forward-only scoring pass (multi-round), {'compiled' if compile_ else 'eager'}")
@@ -232,6 +242,11 @@ def report(r: dict, peak: float) -> None:
     if "transformers_compiled" in r:
         print(f"  ratio engine compiled / transformers compiled   {ours / r['transformers_compiled']:6.2f}x")
     print(f"  ratio engine eager / transformers eager   {r['engine'] / r['transformers']:6.2f}x")
+    if "matmul_s" in r:
+        # what the matrix multiplications alone allow: the same products, with nothing else in the step
+        hf_step = row["batch"] * row["seq"] / r["transformers"]
+        print(f"  matmuls of a compiled engine step (profiled)   {r['matmul_s'] * 1e3:.0f} of {r['profiled_step_s'] * 1e3:.0f}"
+              f" ms; with nothing but them the engine would be {hf_step / r['matmul_s']:.2f}x transformers eager")
     for key, train_key in (("score", "engine"), ("score_compiled", "engine_compiled")):
         if key in r:
             print(f"  scoring (forward only), {'compiled' if 'compiled' in key else 'eager':<9}{r[key]:10,.0f} tokens/s"
