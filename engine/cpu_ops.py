@@ -34,21 +34,30 @@ from engine.ops import fused_adamw
 class MatmulAttention(torch.autograd.Function):
     """Causal attention, q [B, Hq, T, D], k/v [B, Hkv, T, D] with Hq % Hkv == 0 (query head h uses kv
     head h // (Hq / Hkv), as enable_gqa), as batched matmuls both ways. Forward: S = q k^T * scale masked,
-    m = rowmax(S), P = exp(S - m), l = rowsum(P), O = P V / l, lse = m + log(l) (only lse kept, as a flash
-    kernel keeps it); backward:
-    P = exp(q k^T * scale - lse) masked, dV = P^T dO, dP = dO V^T, dS = P (dP - rowsum(dO O)),
-    dQ = dS K scale, dK = dS^T Q scale; both ways in two causal query blocks (_training_blocks)."""
+    m = rowmax(S), P = exp(S - m) (bf16), l = rowsum(P), O = P V / l, lse = m + log(l); backward: P / l as
+    kept by the forward when small (KEPT_PROBS_BYTES), else exp(q k^T * scale - lse) recomputed from lse as a
+    flash kernel does; dV = P^T dO, dP = dO V^T, dS = P (dP - rowsum(dO O)), dQ = dS K scale,
+    dK = dS^T Q scale; both ways in two causal query blocks (_training_blocks)."""
 
     @staticmethod
     def forward(ctx, q, k, v):
-        out, lse = _forward(q, k, v, _training_blocks(q.shape[2]))
-        ctx.save_for_backward(q, k, v, out, lse)
+        out, lse, probs, row_sums = _forward(q, k, v, _training_blocks(q.shape[2]))
+        kept = sum(p.numel() for p in probs) * probs[0].element_size() <= KEPT_PROBS_BYTES
+        ctx.save_for_backward(q, k, v, out, lse, *((*probs, *row_sums) if kept else ()))
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, out, lse = ctx.saved_tensors
-        return _backward(q, k, v, out, lse, grad_out, _training_blocks(q.shape[2]))
+        q, k, v, out, lse, *kept = ctx.saved_tensors
+        return _backward(q, k, v, out, lse, grad_out, _training_blocks(q.shape[2]), kept[:len(kept) // 2],
+                         kept[len(kept) // 2:])
+
+
+# The forward's probabilities are kept for the backward up to this size per attention call (3 MiB at the
+# small row's micro-batch, 8 x 4 heads x 256): the backward then skips its q k^T products and exponentials,
+# 3.5 vs 4.2 ms per call on a Zen 4 (session 7). Above it (long sequences: the probabilities grow as T^2)
+# they are recomputed from the log-sum-exp, as a flash kernel does.
+KEPT_PROBS_BYTES = 16 << 20
 
 
 def _training_blocks(T: int) -> tuple[int, ...]:
@@ -76,12 +85,12 @@ def _block_scores(q5, k, t0, t1):
 
 def _forward(q, k, v, bounds):
     """Output and log-sum-exp of causal attention, query block [t0, t1) against keys [0, t1) for each pair
-    of bounds."""
+    of bounds; and each block's unnormalised probabilities [B, Hkv, group * rows, t1] with their row sums."""
     B, Hq, T, D = q.shape
     Hkv = k.shape[1]
     group = Hq // Hkv
     q5 = q.reshape(B, Hkv, group, T, D)
-    outs, lses = [], []
+    outs, lses, probs_blocks, row_sums = [], [], [], []
     for t0, t1 in zip(bounds[:-1], bounds[1:]):
         rows = group * (t1 - t0)
         _, scores, causal = _block_scores(q5, k, t0, t1)
@@ -95,11 +104,15 @@ def _forward(q, k, v, bounds):
         out = torch.matmul(probs.view(B, Hkv, rows, t1), v[:, :, :t1]).view(B, Hkv, group, t1 - t0, D)
         outs.append((out.float() / row_sum).to(q.dtype))
         lses.append((row_max + torch.log(row_sum)).squeeze(-1))
-    return torch.cat(outs, dim=3).view(B, Hq, T, D), torch.cat(lses, dim=3).view(B, Hq, T)
+        probs_blocks.append(probs)
+        row_sums.append(row_sum)
+    return (torch.cat(outs, dim=3).view(B, Hq, T, D), torch.cat(lses, dim=3).view(B, Hq, T), probs_blocks,
+            row_sums)
 
 
-def _backward(q, k, v, out, lse, grad_out, bounds):
-    """Gradients of causal attention, query block [t0, t1) against keys [0, t1) for each pair of bounds."""
+def _backward(q, k, v, out, lse, grad_out, bounds, kept_probs=(), kept_row_sums=()):
+    """Gradients of causal attention, query block [t0, t1) against keys [0, t1) for each pair of bounds; the
+    probabilities from the forward's kept blocks where given, else recomputed from lse."""
     B, Hq, T, D = q.shape
     Hkv = k.shape[1]
     group = Hq // Hkv
@@ -111,12 +124,16 @@ def _backward(q, k, v, out, lse, grad_out, bounds):
     grad_k = torch.zeros(B, Hkv, T, D, dtype=torch.float32, device=q.device)
     grad_v = torch.zeros_like(grad_k)
     grad_q = []
-    for t0, t1 in zip(bounds[:-1], bounds[1:]):
+    for i, (t0, t1) in enumerate(zip(bounds[:-1], bounds[1:])):
         rows = group * (t1 - t0)
-        q_blk, scores, causal = _block_scores(q5, k, t0, t1)
+        if kept_probs:
+            q_blk = q5[:, :, :, t0:t1].reshape(B, Hkv, rows, D)
+            probs = (kept_probs[i].float() / kept_row_sums[i]).view(B, Hkv, group, t1 - t0, t1)
+        else:
+            q_blk, scores, causal = _block_scores(q5, k, t0, t1)
+            probs = torch.exp(scores * scale - lse4[:, :, :, t0:t1, None]).masked_fill(causal, 0.0)
         grad_blk = grad5[:, :, :, t0:t1].to(q.dtype).reshape(B, Hkv, rows, D)
         k_blk, v_blk = k[:, :, :t1], v[:, :, :t1]
-        probs = torch.exp(scores * scale - lse4[:, :, :, t0:t1, None]).masked_fill(causal, 0.0)
         grad_v[:, :, :t1] += torch.matmul(probs.to(q.dtype).view(B, Hkv, rows, t1).transpose(-1, -2), grad_blk)
         grad_probs = torch.matmul(grad_blk, v_blk.transpose(-1, -2)).float().view(B, Hkv, group, t1 - t0, t1)
         delta = (grad5[:, :, :, t0:t1].float() * out5[:, :, :, t0:t1].float()).sum(-1, keepdim=True)
@@ -131,8 +148,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
         if torch.is_grad_enabled():
             return MatmulAttention.apply(q, k, v)
         # four query blocks skip 3/8 of the masked scores: a compiled 64 x 256 scoring pass 99.6-102.3 ms
-        # vs 118.2-120.6 in one block (two: 102.2-108.7, eight as four); in training one block measured as
-        # fast as two or four, where the batches are eight times smaller
+        # vs 118.2-120.6 in one block (two: 102.2-108.7, eight as four; eight slower again on a Zen 4)
         T = q.shape[2]
         return _forward(q, k, v, tuple(T * i // 4 for i in range(5)) if T >= 128 else (0, T))[0]
     return ops.attention(q, k, v)

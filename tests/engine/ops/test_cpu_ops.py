@@ -23,8 +23,17 @@ def _grads(fn, q, k, v, grad_out, autocast=False):
     return [out.detach().float(), q.grad, k.grad, v.grad]
 
 
+@pytest.fixture(params=["kept", "recomputed"])
+def probs_for_backward(request, monkeypatch):
+    """Both ways the backward gets the probabilities: kept by the forward (small calls) or recomputed from
+    the log-sum-exp (above cpu_ops.KEPT_PROBS_BYTES)."""
+    if request.param == "recomputed":
+        monkeypatch.setattr(cpu_ops, "KEPT_PROBS_BYTES", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("Hq,Hkv,T", [(4, 4, 64), (4, 2, 128), (6, 1, 130)])  # one, two, two odd query blocks
-def test_matmul_backward_matches_reference_fp32(Hq, Hkv, T):
+def test_matmul_backward_matches_reference_fp32(Hq, Hkv, T, probs_for_backward):
     (q, k, v), grad_out = _qkv(Hq=Hq, Hkv=Hkv, T=T)
     ours = _grads(cpu_ops.MatmulAttention.apply, q, k, v, grad_out)
     reference = _grads(ops.attention, q, k, v, grad_out)
@@ -32,7 +41,18 @@ def test_matmul_backward_matches_reference_fp32(Hq, Hkv, T):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
 
 
-def test_matmul_backward_bf16_as_accurate_as_flash():
+def test_probabilities_kept_only_for_small_calls(monkeypatch):
+    """The forward keeps each query block's probabilities and row sums (two blocks: four tensors more) while
+    a call's probabilities fit KEPT_PROBS_BYTES; above it only q, k, v, out and lse."""
+    (q, k, v), _ = _qkv(T=128)
+    out = cpu_ops.MatmulAttention.apply(*(t.requires_grad_() for t in (q, k, v)))
+    assert len(out.grad_fn.saved_tensors) == 5 + 4
+    monkeypatch.setattr(cpu_ops, "KEPT_PROBS_BYTES", 2 * 4 * (64 * 64 + 64 * 128) * 4 - 1)  # one byte short
+    out = cpu_ops.MatmulAttention.apply(q, k, v)
+    assert len(out.grad_fn.saved_tensors) == 5
+
+
+def test_matmul_backward_bf16_as_accurate_as_flash(probs_for_backward):
     """Under bf16 autocast both differ from the fp32 answer; ours by no more than 1.5x the flash kernel's."""
     (q, k, v), grad_out = _qkv(B=4, T=128, D=32)
     exact = _grads(ops.attention, q, k, v, grad_out)
