@@ -18,8 +18,8 @@ same batches, eager and under torch.compile. Rows:
 The headline ratio is the engine as a long run trains (compiled) against transformers eager; the
 other pairings are printed beside it, and the ceiling the matrix multiplications set on this machine:
 the transformers step time over the time a profiled compiled engine step spends in aten mm/bmm (what
-the ratio would be if nothing but those products were left). The sides are alternated (`--trials` times each, best kept) so
-drifting load hits all alike. A ratio is printed only when the 1-minute load average moved by at most
+the ratio would be if nothing but those products were left). The sides are alternated (`--trials`
+times each, best kept) so drifting load hits all alike. A ratio is printed only when the 1-minute load average moved by at most
 1 during its row; otherwise the row is measured again (`--attempts`), and then withheld. Progress
 lines keep coming (never a silent minute)."""
 from __future__ import annotations

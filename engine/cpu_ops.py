@@ -12,7 +12,7 @@ few percent of the bf16 matmul peak: 13 ms of a 15 ms attention forward + backwa
 heads, seq 256, micro-batch 8, one thread). Recomputing the probabilities from the forward's
 log-sum-exp and doing the backward as matmuls (bf16 operands, fp32 softmax algebra) is 1.8x faster
 once torch.compile fuses its element-wise part (figures in docs/train-speed.md). Since session 6 the
-forward is matmuls too (S = q k^T, log-sum-exp, P V): a compiled small-row step 6% faster on average than
+forward is matmuls too (S = q k^T, softmax, P V): a compiled small-row step 6% faster on average than
 with the flash forward kernel (six alternated pairs, 1-9%), the bench row unchanged. Relative error
 against an fp32 reference, bf16 inputs (three seeds): output 0.40% vs the flash kernels' 0.31%; dq, dk,
 dv 0.57, 0.59, 0.44% vs 0.45, 0.55, 0.49%, and below the 0.61, 0.62, 0.48% of the flash forward with
