@@ -19,9 +19,9 @@ The headline ratio is the engine as a long run trains (compiled) against transfo
 other pairings are printed beside it, and the ceiling the matrix multiplications set on this machine:
 the transformers step time over the time a profiled compiled engine step spends in aten mm/bmm (what
 the ratio would be if nothing but those products were left). The sides are alternated (`--trials`
-times each, best kept) so drifting load hits all alike. A ratio is printed only when the 1-minute load average moved by at most
-1 during its row; otherwise the row is measured again (`--attempts`), and then withheld. Progress
-lines keep coming (never a silent minute)."""
+times each, best kept) so drifting load hits all alike. A ratio is printed only when the 1-minute load
+average moved by at most 1 during its row; otherwise the row is measured again (`--attempts`), and
+then withheld. Progress lines keep coming (never a silent minute)."""
 from __future__ import annotations
 
 import argparse
@@ -245,8 +245,9 @@ def report(r: dict, peak: float) -> None:
     if "matmul_s" in r:
         # what the matrix multiplications alone allow: the same products, with nothing else in the step
         hf_step = row["batch"] * row["seq"] / r["transformers"]
-        print(f"  matmuls of a compiled engine step (profiled)   {r['matmul_s'] * 1e3:.0f} of {r['profiled_step_s'] * 1e3:.0f}"
-              f" ms; with nothing but them the engine would be {hf_step / r['matmul_s']:.2f}x transformers eager")
+        print(f"  matmuls of a compiled engine step (profiled)   {r['matmul_s'] * 1e3:.0f} of "
+              f"{r['profiled_step_s'] * 1e3:.0f} ms; with nothing but them the engine would be "
+              f"{hf_step / r['matmul_s']:.2f}x transformers eager")
     for key, train_key in (("score", "engine"), ("score_compiled", "engine_compiled")):
         if key in r:
             print(f"  scoring (forward only), {'compiled' if 'compiled' in key else 'eager':<9}{r[key]:10,.0f} tokens/s"

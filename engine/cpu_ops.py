@@ -85,7 +85,8 @@ def _block_scores(q5, k, t0, t1):
 
 def _forward(q, k, v, bounds):
     """Output and log-sum-exp of causal attention, query block [t0, t1) against keys [0, t1) for each pair
-    of bounds; and each block's unnormalised probabilities [B, Hkv, group * rows, t1] with their row sums."""
+    of bounds; and each block's unnormalised probabilities [B, Hkv, group, t1 - t0, t1] (bf16) with their row
+    sums."""
     B, Hq, T, D = q.shape
     Hkv = k.shape[1]
     group = Hq // Hkv
@@ -128,7 +129,7 @@ def _backward(q, k, v, out, lse, grad_out, bounds, kept_probs=(), kept_row_sums=
         rows = group * (t1 - t0)
         if kept_probs:
             q_blk = q5[:, :, :, t0:t1].reshape(B, Hkv, rows, D)
-            probs = (kept_probs[i].float() / kept_row_sums[i]).view(B, Hkv, group, t1 - t0, t1)
+            probs = kept_probs[i].float() / kept_row_sums[i]
         else:
             q_blk, scores, causal = _block_scores(q5, k, t0, t1)
             probs = torch.exp(scores * scale - lse4[:, :, :, t0:t1, None]).masked_fill(causal, 0.0)
