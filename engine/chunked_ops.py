@@ -75,6 +75,34 @@ def torch_chunk_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: 
     return loss, grad.to(logits.dtype)
 
 
+def fused_chunk_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int, grad_scale: float,
+                     need_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """torch_chunk_loss written for inductor's CPU fusion (used inside compiled graphs on a CPU): one
+    exponential per logit, whose row sum gives the loss and whose scaled value is the gradient, written
+    once in the logits' dtype; the target column is then overwritten from its own fp32 value (p - 1
+    cancels, so it is not taken from the rounded row). torch_chunk_loss compiles into a log-softmax that
+    exponentiates twice, an fp32 gradient and a second pass to cast and mask it: a [2048, 2048] bf16 chunk
+    took 1.8-1.9 against 3.1-4.0 ms compiled, a [2048, 8000] one 7.6-8.3 against 11-27 ms (2 threads, Zen 4)."""
+    x = logits.float()
+    valid = targets != ignore_index
+    safe = torch.where(valid, targets, 0).long()[:, None]
+    row_max = x.amax(-1, keepdim=True)
+    exps = torch.exp(x - row_max)
+    row_sum = exps.sum(-1, keepdim=True)
+    target_logit = x.gather(1, safe)
+    loss = (row_max + torch.log(row_sum) - target_logit).squeeze(1) * valid
+    if not need_grad:
+        return loss, None
+    scale = (valid * grad_scale)[:, None]  # ignored rows: zero
+    grad = (exps * (scale / row_sum)).to(logits.dtype)
+    target_grad = (torch.exp(target_logit - row_max) / row_sum - 1) * scale
+    return loss, grad.scatter(1, safe, target_grad.to(logits.dtype))
+
+
+def default_chunk_fn(device: torch.device) -> ChunkFn:
+    return fused_chunk_loss if torch.compiler.is_compiling() and device.type == "cpu" else torch_chunk_loss
+
+
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, targets, ignore_index: int, rows: int, need_grad: bool, chunk_fn: ChunkFn):
@@ -117,12 +145,13 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
 
 
 def linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
-                         chunk_size: int | None = None, chunk_fn: ChunkFn = torch_chunk_loss) -> torch.Tensor:
-    """chunk_size: rows per chunk (default: see chunk_rows)."""
+                         chunk_size: int | None = None, chunk_fn: ChunkFn | None = None) -> torch.Tensor:
+    """chunk_size: rows per chunk (default: see chunk_rows); chunk_fn: default_chunk_fn's choice."""
     check_inputs(h, weight, targets, ignore_index)
     rows = chunk_rows(h.shape[0], weight.shape[0], h.shape[1], chunk_size)
     need_grad = torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad)
-    return ChunkedLinearCrossEntropy.apply(h, weight, targets, ignore_index, rows, need_grad, chunk_fn)
+    return ChunkedLinearCrossEntropy.apply(h, weight, targets, ignore_index, rows, need_grad,
+                                           chunk_fn or default_chunk_fn(h.device))
 
 
 OPERATORS = {"linear_cross_entropy": linear_cross_entropy}

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from engine import ops as ref
+from engine.chunked_ops import fused_chunk_loss, torch_chunk_loss
 from engine.chunked_ops import linear_cross_entropy as chunked
 from engine.peak_memory import peak_memory_bytes
 from tests.ops_helpers import assert_matches_reference
@@ -19,26 +20,33 @@ def case(N, V, C, ignored=(), seed=0):
     return h, w, targets
 
 
+CHUNK_FNS = pytest.mark.parametrize("chunk_fn", [torch_chunk_loss, fused_chunk_loss], ids=["torch", "fused"])
+
+
+@CHUNK_FNS
 @pytest.mark.parametrize("N,V,C,chunk", [(37, 101, 24, None), (37, 101, 24, 8), (64, 1000, 33, 1), (9, 5, 3, 100)])
-def test_chunked_cross_entropy_matches_reference(N, V, C, chunk):
+def test_chunked_cross_entropy_matches_reference(N, V, C, chunk, chunk_fn):
     h, w, targets = case(N, V, C, ignored=(1, N - 1))
-    assert_matches_reference(lambda h, w: chunked(h, w, targets, chunk_size=chunk),
+    targets[0], targets[2] = 0, V - 1  # the first and last classes as targets
+    assert_matches_reference(lambda h, w: chunked(h, w, targets, chunk_size=chunk, chunk_fn=chunk_fn),
                              lambda h, w: ref.linear_cross_entropy(h, w, targets), [h, w])
 
 
-def test_custom_ignore_index_and_all_ignored_rows_like_reference():
+@CHUNK_FNS
+def test_custom_ignore_index_and_all_ignored_rows_like_reference(chunk_fn):
     h, w, targets = case(12, 30, 8)
     targets[::3] = 7  # class 7 ignored
-    torch.testing.assert_close(chunked(h, w, targets, ignore_index=7, chunk_size=5),
+    torch.testing.assert_close(chunked(h, w, targets, ignore_index=7, chunk_size=5, chunk_fn=chunk_fn),
                                ref.linear_cross_entropy(h, w, targets, ignore_index=7))
     targets[:] = -100
-    assert torch.isnan(chunked(h, w, targets)) and torch.isnan(ref.linear_cross_entropy(h, w, targets))
+    assert torch.isnan(chunked(h, w, targets, chunk_fn=chunk_fn)) and torch.isnan(ref.linear_cross_entropy(h, w, targets))
 
 
-def test_bf16_autocast_follows_the_reference_matmul_dtype():
+@CHUNK_FNS
+def test_bf16_autocast_follows_the_reference_matmul_dtype(chunk_fn):
     h, w, targets = case(40, 300, 32, ignored=(0,))
     out = {}
-    for name, fn in (("chunked", lambda h, w: chunked(h, w, targets, chunk_size=16)),
+    for name, fn in (("chunked", lambda h, w: chunked(h, w, targets, chunk_size=16, chunk_fn=chunk_fn)),
                      ("torch", lambda h, w: ref.linear_cross_entropy(h, w, targets))):
         hh, ww = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -98,3 +106,23 @@ def test_gradients_are_computed_only_when_autograd_will_use_them():
     assert seen == [False] * 6
     loss = chunked(h, w, targets, chunk_size=7, chunk_fn=spy)
     assert seen[6:] == [True] * 3 and loss.requires_grad
+
+
+def test_compiled_on_cpu_takes_the_fused_chunk_loss_and_matches_the_reference():
+    """Inside a compiled graph on a CPU the chunk loss is fused_chunk_loss (one kernel a chunk, no
+    log-softmax); loss and gradients stay the reference's, ignored rows included."""
+    from torch._inductor.utils import run_and_get_code
+    h, w, targets = case(48, 200, 16, ignored=(3, 40))
+    targets[0] = 199
+
+    def loss_and_grads(h, w):
+        loss = chunked(h, w, targets, chunk_size=16)
+        return (loss, *torch.autograd.grad(loss, (h, w)))
+
+    torch._dynamo.reset()
+    got, code = run_and_get_code(torch.compile(loss_and_grads), h, w)
+    assert "log_softmax" not in "".join(code) and "scatter" in "".join(code)
+    for a, b in zip(got, loss_and_grads(h, w)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    ref_loss = ref.linear_cross_entropy(h, w, targets)
+    torch.testing.assert_close(got[0], ref_loss)
