@@ -21,11 +21,7 @@ the transformers step time over the time a profiled compiled engine step spends 
 the ratio would be if nothing but those products were left). The sides are alternated (`--trials`
 times each, best kept) so drifting load hits all alike. A ratio is printed only when the 1-minute load
 average moved by at most 1 during its row; otherwise the row is measured again (`--attempts`), and
-then withheld. Progress lines keep coming (never a silent minute). Beside each side's figure the bench
-prints the memory bandwidth it measured just before (a 64 MiB multiply): on the 2-core VMs it runs on,
-that moved by a fifth between minutes while the load average stayed put (docs/train-speed.md, session
-8), and the element-wise part of a step moves with it; a row where it moved by more than
-MEMORY_MOVE_LIMIT says so."""
+then withheld. Progress lines keep coming (never a silent minute)."""
 from __future__ import annotations
 
 import argparse
@@ -61,7 +57,6 @@ ROWS = {
 }
 SCORE_TARGET = 3.3
 LOAD_MOVE_LIMIT = 1.0
-MEMORY_MOVE_LIMIT = 0.15  # relative spread of the memory-bandwidth probes within a row
 T0 = time.perf_counter()
 
 
@@ -178,21 +173,6 @@ def score_tokens_per_s(run_dir: Path, data: TokenData, backend, compile_: bool, 
     return tokens / (time.perf_counter() - t)
 
 
-def memory_bandwidth(mib: int = 64, seconds: float = 0.3) -> float:
-    """Bytes/s read and written by an out-of-place fp32 multiply over `mib` MiB into a buffer reused each
-    time (best of as many as fit in `seconds`): the machine's memory state, which the load average
-    does not show."""
-    x = torch.ones(mib << 18)
-    out = torch.empty_like(x)
-    torch.mul(x, 2.0, out=out)
-    best, t_end = float("inf"), time.perf_counter() + seconds
-    while time.perf_counter() < t_end:
-        t = time.perf_counter()
-        torch.mul(x, 2.0, out=out)
-        best = min(best, time.perf_counter() - t)
-    return 2 * x.numel() * 4 / best
-
-
 SIDES = (("engine", "engine (tinyforge train), eager", False), ("engine_compiled", "engine, compiled", True),
          ("transformers", "transformers eager", False), ("transformers_compiled", "transformers + torch.compile", True))
 
@@ -207,20 +187,17 @@ def measure_row(name: str, args, work: Path) -> dict | None:
     sides = [s for s in SIDES if not (args.eager_only and s[2])]
     for attempt in range(1, args.attempts + 1):
         load0 = os.getloadavg()[0]
-        best, run_dir, memory = {}, {}, {}
+        best, run_dir = {}, {}
         for trial in range(1, args.trials + 1):
             for key, label, compile_ in sides:
-                memory.setdefault(key, []).append(memory_bandwidth())
-                say(f"{name}: {label}, trial {trial}/{args.trials}{' (compiling first)' if compile_ else ''}; "
-                    f"memory bandwidth {memory[key][-1] / 1e9:.1f} GB/s")
+                say(f"{name}: {label}, trial {trial}/{args.trials}{' (compiling first)' if compile_ else ''}")
                 if key.startswith("engine"):
                     tps, run_dir[compile_] = engine_tokens_per_s(row, args, work, compile_)
                 else:
                     tps = hf_tokens_per_s(row, cfg, backend, data, compile_)
                 best[key] = max(best.get(key, 0.0), tps)
                 say(f"{name}: {label} {tps:,.0f} tokens/s")
-        result = {"row": name, **best, "memory_bandwidth": memory, "precision": backend.describe()["precision"],
-                  "load_start": load0,
+        result = {"row": name, **best, "precision": backend.describe()["precision"], "load_start": load0,
                   "threads": torch.get_num_threads()}
         if "engine_compiled" in best:
             say(f"{name}: profiling the matrix multiplications of a compiled engine step (bench/profile_step.py)")
@@ -253,15 +230,8 @@ def report(r: dict, peak: float) -> None:
     fpt = flops_per_token(cfg, row["seq"])
     for key, label, _ in SIDES:
         if key in r:
-            mfu = f"{r[key] * fpt / peak:.1%} of measured matmul peak" if key.startswith("engine") else ""
-            bandwidth = "/".join(f"{b / 1e9:.0f}" for b in r.get("memory_bandwidth", {}).get(key, []))
-            memory = f"(memory {bandwidth} GB/s)" if bandwidth else ""
-            print(f"  {label:<34}{r[key]:10,.0f} tokens/s   {mfu:<32}{memory}".rstrip())
-    probes = [b for side in r.get("memory_bandwidth", {}).values() for b in side]
-    if probes and max(probes) > (1 + MEMORY_MOVE_LIMIT) * min(probes):
-        print(f"  note: the memory bandwidth moved {min(probes) / 1e9:.0f}-{max(probes) / 1e9:.0f} GB/s during the "
-              f"row (more than {MEMORY_MOVE_LIMIT:.0%}):\n        the machine changed under it, the ratios "
-              "may be skewed")
+            mfu = f"   {r[key] * fpt / peak:.1%} of measured matmul peak" if key.startswith("engine") else ""
+            print(f"  {label:<34}{r[key]:10,.0f} tokens/s{mfu}")
     if r["load_moved"]:
         print(f"  ratios withheld: the load average moved by more than {LOAD_MOVE_LIMIT} during the row")
         return
