@@ -82,7 +82,8 @@ def fused_chunk_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: 
     once in the logits' dtype; the target column is then overwritten from its own fp32 value (p - 1
     cancels, so it is not taken from the rounded row). torch_chunk_loss compiles into a log-softmax that
     exponentiates twice, an fp32 gradient and a second pass to cast and mask it: a [2048, 2048] bf16 chunk
-    took 1.8-1.9 against 3.1-4.0 ms compiled, a [2048, 8000] one 7.6-8.3 against 11-27 ms (2 threads, Zen 4)."""
+    took 1.8-1.9 against 3.1-4.0 ms compiled, a [2048, 8000] one 7.6-8.3 against 11.4 ms or more (2 threads,
+    Zen 4)."""
     x = logits.float()
     valid = targets != ignore_index
     safe = torch.where(valid, targets, 0).long()[:, None]
