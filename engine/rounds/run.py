@@ -149,7 +149,8 @@ class Stage:
         peak, _ = device_peak(self.backend.device, self.backend.autocast_dtype)
         on, why, _ = compiling.decide(self.spec.compile, steps=1, tokens_per_step=n_windows * self.seq_len,
                                       flops_per_token=flops_per_token / 3, peak_flops=peak,
-                                      device_type=self.backend.device.type, strategy="none")
+                                      device_type=self.backend.device.type,
+                                      autocast_dtype=self.backend.autocast_dtype, strategy="none")
         return on, why
 
     def score(self, rdir: Path, checkpoint: str, pool: Pool, k: int, offset: int = 0, total: int = 0) -> dict:
