@@ -41,8 +41,7 @@ def build_step(fields: dict):
     par = Parallel(model, opt, spec, World(), backend)
     if spec.compile is True:  # as train() applies it: the training forward, from outside the model
         from engine import compiling
-        compiling.enable_persistent_cache()
-        par.wrapped = torch.compile(par.wrapped)
+        par.wrapped = compiling.compile_training(par.wrapped, backend.device.type)
     x = torch.randint(0, cfg.vocab_size, (spec.batch_size, spec.seq_len))
     y = torch.roll(x, -1, 1)
 

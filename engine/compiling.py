@@ -50,6 +50,16 @@ def enable_persistent_cache() -> str:
     return path
 
 
+def compile_training(module, device_type: str):
+    """torch.compile of the training forward, from outside the model, with the persistent cache; on a CPU
+    with the switch that makes compiled steps reproducible (engine/determinism.py)."""
+    enable_persistent_cache()
+    if device_type == "cpu":
+        from engine import determinism
+        determinism.for_compiled_cpu()
+    return torch.compile(module)
+
+
 def decide(setting, *, steps: int, tokens_per_step: int, flops_per_token: float, peak_flops: float,
            device_type: str, autocast_dtype: torch.dtype | None, strategy: str,
            resumed: bool | None = None) -> tuple[bool, str, float]:

@@ -1,6 +1,7 @@
 """`deterministic: true`: the switches under which a resumed run is bit-identical on a GPU too.
 
-On CPU the engine's kernels are deterministic anyway, and resume is bit-identical by default. On CUDA,
+On CPU the engine's eager kernels are deterministic anyway, and resume is bit-identical by default;
+compiled CPU steps are made so by `for_compiled_cpu` (below), whatever this setting. On CUDA,
 flash/memory-efficient SDPA backward, cuBLAS split-K workspaces and some atomics-based kernels reduce
 in a varying order, so two runs (and a run and its resume) agree only to a tolerance unless this is on
 (tests/engine/test_gpu_paths.py holds the weights to 1e-3 + 1e-2 relative after 12 bf16 steps; not yet run on a GPU). It costs speed: attention runs SDPA's
@@ -32,3 +33,15 @@ def enable() -> dict:
 
 def enabled() -> bool:
     return torch.are_deterministic_algorithms_enabled()
+
+
+def for_compiled_cpu() -> None:
+    """Inductor's CPU code sums the embedding gradient with atomic adds from parallel threads, in an order
+    that varies from run to run: two processes with the same seed had different parameters after one or
+    two compiled steps (session 9), so a compiled run and its resume would not be bit-identical. With
+    torch's deterministic algorithms on, inductor calls ATen's index_put instead, which is serial on a
+    CPU; a compiled small-row step took 128.1-129.7 against 128.2-129.7 ms (min, alternated in one
+    process). Uninitialised memory is not filled (that would cost a pass per allocation); the flag stays
+    on for the process, which trains one run."""
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = False

@@ -253,8 +253,7 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
     say(f"compile {'on' if compiled['on'] else 'off'}: {why}")
     record.event("compile", why, enabled=compiled["on"], estimated_eager_run_s=round(est, 1))
     if compiled["on"]:  # the training forward only, from outside the model; evaluation stays eager
-        compiling.enable_persistent_cache()
-        par.wrapped = torch.compile(par.wrapped)
+        par.wrapped = compiling.compile_training(par.wrapped, backend.device.type)
 
     stop = {"flag": False}
     in_main_thread = threading.current_thread() is threading.main_thread()  # signals only install there

@@ -47,6 +47,18 @@ def micro_spec():
     return make
 
 
+@pytest.fixture
+def restore_determinism():
+    """For tests that compile a training step on a CPU: engine.determinism.for_compiled_cpu turns torch's
+    deterministic algorithms on for the process; put them back for the tests after."""
+    import torch
+
+    before = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+    yield
+    torch.use_deterministic_algorithms(before[0])
+    torch.utils.deterministic.fill_uninitialized_memory = before[1]
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, micro_spec):
     """One finished micro run (checkpoint + metrics), shared."""

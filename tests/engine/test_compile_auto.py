@@ -91,3 +91,60 @@ def test_compiled_scoring_pass_matches_eager():
     assert eager.shape == compiled.shape == (6,)
     torch.testing.assert_close(compiled, eager, rtol=2e-2, atol=2e-2)
     assert not torch.equal(eager[:3], eager[3:])  # six different sequences, not one number
+
+
+def test_the_demo_parent_compiles_in_bf16_and_its_children_stay_eager(monkeypatch):
+    """examples/demo-recipe.yaml on the 2-core CPU it is sized for: the parent (precision auto) is long enough
+    to compile when the CPU computes bf16 natively and stays eager in fp32; the child stages stay eager."""
+    import yaml
+
+    from engine.arch import flops_per_token
+    from engine.config import model_config
+    from service.jobspec import validate_spec
+    from service.recipe import expand
+    from tests.conftest import REPO
+
+    spec = validate_spec(yaml.safe_load((REPO / "examples" / "demo-recipe.yaml").read_text()))
+    configs = {name: config for name, _, config, _ in expand(spec.recipe, spec.resources)}
+    monkeypatch.setattr(compiling.os, "sched_getaffinity", lambda pid: {0, 1})
+
+    def decide(stage: str, dtype, vocab: int, **child) -> bool:
+        config = configs[stage]
+        model = config.get("model") or {"preset": "tiny", "overrides": {}}
+        cfg = model_config(model["preset"], vocab_size=vocab, **{**model["overrides"], **child})
+        return compiling.decide(config.get("compile", "auto"), steps=config["steps"],
+                                tokens_per_step=config["batch_size"] * cfg.block_size,
+                                flops_per_token=flops_per_token(cfg, cfg.block_size), peak_flops=1e12,
+                                device_type="cpu", autocast_dtype=dtype, strategy="none")[0]
+
+    assert configs["parent"]["precision"] == "auto"
+    assert decide("parent", torch.bfloat16, spec.recipe.tokenizer["vocab_size"]) is True
+    assert decide("parent", None, spec.recipe.tokenizer["vocab_size"]) is False
+    child = dict(n_layer=4, n_embd=64, n_head=2, n_kv_head=1, ffn_hidden=192, tie_embeddings=True)
+    for stage in ("round1", "scratch"):
+        assert configs[stage]["precision"] == "fp32"
+        assert decide(stage, None, 1785, **child) is False
+
+
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="the varying order needs two threads adding at once")
+def test_compiled_cpu_steps_repeat_bit_for_bit(restore_determinism):
+    """Inductor's CPU embedding backward adds rows from parallel threads atomically, in a varying order;
+    compile_training's switch makes the same compiled step give the same gradient bit for bit, so a compiled
+    run and its resume agree. Four token ids over 1,024 positions: every gradient row gets hundreds of adds
+    from both threads."""
+    from engine.backend import resolve
+    from engine.config import model_config
+    from engine.model import GPT
+
+    backend = resolve("cpu", "fp32")
+    torch.manual_seed(0)
+    model = GPT(model_config("micro", vocab_size=64), backend.ops)
+    step = compiling.compile_training(model, "cpu")
+    x = torch.randint(0, 4, (16, 64))
+    grads = []
+    for _ in range(4):
+        model.zero_grad(set_to_none=True)
+        step(x, x).backward()
+        grads.append(model.embed.weight.grad.clone())
+    assert grads[0][:4].abs().sum() > 0
+    assert all(torch.equal(g, grads[0]) for g in grads[1:])

@@ -70,9 +70,11 @@ def final_checkpoint(run: Path) -> tuple[dict, dict]:
     return manifest, parts
 
 
-def test_resume_from_a_random_checkpoint_is_bit_identical(tmp_path, micro_spec):
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_resume_from_a_random_checkpoint_is_bit_identical(tmp_path, micro_spec, compiled, restore_determinism):
+    """Compiled too: a long run under `compile: auto` compiles, and its resume must match it bit for bit."""
     k = random.Random(7).randint(1, 11)  # a random stop step, fixed for reproducibility
-    spec = micro_spec(checkpoint_every=k, keep_checkpoints=100)
+    spec = micro_spec(checkpoint_every=k, keep_checkpoints=100, compile=compiled)
     train(spec, tmp_path / "full", **QUIET)
     # interrupted run: same spec, but only the checkpoint at step k survives (as if killed after it)
     train(spec, tmp_path / "cut", **QUIET)
