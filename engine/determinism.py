@@ -40,8 +40,8 @@ def for_compiled_cpu() -> None:
     that varies from run to run: two processes with the same seed had different parameters after one or
     two compiled steps (session 9), so a compiled run and its resume would not be bit-identical. With
     torch's deterministic algorithms on, inductor calls ATen's index_put instead, which is serial on a
-    CPU; a compiled small-row step took 128.1-129.7 against 128.2-129.7 ms (min, alternated in one
-    process). Uninitialised memory is not filled (that would cost a pass per allocation); the flag stays
-    on for the process, which trains one run."""
+    CPU; a compiled small-row step took 127.7, 129.7 and 128.1 ms against 123.3, 129.7 and 128.2 without it
+    (min, alternated in each of three processes). Uninitialised memory is not filled (that would cost a
+    pass per allocation); the flag stays on for the process, which trains one run."""
     torch.use_deterministic_algorithms(True)
     torch.utils.deterministic.fill_uninitialized_memory = False
