@@ -16,6 +16,7 @@ import shutil
 
 import torch
 
+from engine import determinism
 from engine.paths import state_home
 
 COMPILE_COST_S = 60.0  # a first (uncached) compile of a small model on a few CPU cores
@@ -55,7 +56,6 @@ def compile_training(module, device_type: str):
     with the switch that makes compiled steps reproducible (engine/determinism.py)."""
     enable_persistent_cache()
     if device_type == "cpu":
-        from engine import determinism
         determinism.for_compiled_cpu()
     return torch.compile(module)
 

@@ -248,8 +248,8 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
         f"{backend.describe()['precision']}: {backend.notes['precision_choice']}")
     compiled["on"], why, est = compiling.decide(
         spec.compile, steps=spec.steps, tokens_per_step=spec.batch_size * seq_len, flops_per_token=fpt,
-        peak_flops=peak, device_type=backend.device.type, autocast_dtype=backend.autocast_dtype, strategy=par.strategy,
-        resumed=compiled["resumed"])
+        peak_flops=peak, device_type=backend.device.type, autocast_dtype=backend.autocast_dtype,
+        strategy=par.strategy, resumed=compiled["resumed"])
     say(f"compile {'on' if compiled['on'] else 'off'}: {why}")
     record.event("compile", why, enabled=compiled["on"], estimated_eager_run_s=round(est, 1))
     if compiled["on"]:  # the training forward only, from outside the model; evaluation stays eager
