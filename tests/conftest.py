@@ -50,13 +50,16 @@ def micro_spec():
 @pytest.fixture
 def restore_determinism():
     """For tests that compile a training step on a CPU: engine.determinism.for_compiled_cpu turns torch's
-    deterministic algorithms on for the process; put them back for the tests after."""
+    deterministic algorithms on for the process; put them back for the tests after, and drop the graphs
+    compiled under them (guarded on that flag, a later compile of the same code, e.g. GPT.forward in
+    test_model's no-recompile test, would count as a recompile)."""
     import torch
 
     before = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
     yield
     torch.use_deterministic_algorithms(before[0])
     torch.utils.deterministic.fill_uninitialized_memory = before[1]
+    torch._dynamo.reset()
 
 
 @pytest.fixture(scope="session")
