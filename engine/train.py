@@ -259,7 +259,10 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
     in_main_thread = threading.current_thread() is threading.main_thread()  # signals only install there
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True)) if in_main_thread else None
 
+    saved = {"step": start_step if start_step else None}  # the newest checkpoint this process wrote or resumed
+
     def save(step: int) -> Path:
+        saved["step"] = step
         path = None
         model_state, optim_state = par.full_state()  # consolidated: loads into any world size
         if world.is_main:
@@ -309,6 +312,22 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
         say(f"warning: {what}; rolled back to step {back}, learning rate x {nonfinite['lr_scale']:g}")
         return back
 
+    def stop_in_failed_step(step: int, exc: Exception) -> None:
+        """A step raised after SIGTERM arrived. A SIGTERM sent to the whole process group (Slurm, a process
+        group kill) also stops the step's helpers, e.g. inductor's C++ compiler in the first compiled step,
+        and the step fails. It failed before its update, so the weights and optimizer are those before it:
+        they are checkpointed and the run stops as for any SIGTERM. A failure without a SIGTERM, or in a run
+        of several processes (whose peers may wait in a collective), is raised as it is."""
+        if not stop["flag"] or world.size > 1:
+            return
+        par.optimizer.zero_grad(set_to_none=True)
+        if saved["step"] != step:
+            save(step)
+        failed = f"step {step + 1} failed after the signal ({type(exc).__name__})"
+        record.event("preempted", f"SIGTERM: {failed}; checkpoint saved at step {step}", step=step,
+                     error=str(exc)[:2000])
+        raise Preempted(f"stopped by SIGTERM at step {step}; checkpoint saved ({failed})") from exc
+
     if spec.nonfinite.policy == "rollback" and ckpt.latest_valid(ckpt_root) is None:
         save(0)  # something to roll back to before the first periodic checkpoint
     progress = _progress_bar(spec.steps, start_step, show_progress and world.is_main)
@@ -324,11 +343,16 @@ def train(spec: TrainSpec, out_dir: str | Path, show_progress: bool | None = Non
                 windows = rank_slice(sampler.windows(step), world.rank, world.size)
                 done = injected.step = step + 1
                 losses = []  # device tensors, read once a step: no host sync between micro-batches
-                for m in range(par.accum):
-                    x, y = train_data.batch(windows[m * spec.micro_batch:(m + 1) * spec.micro_batch])
-                    losses.append(par.forward_backward(x.to(backend.device), y.to(backend.device), m,
-                                                       backend.autocast()))
-                loss_val = distributed.mean_across(sum(map(float, losses)) / par.accum, world, backend.device)
+                try:
+                    for m in range(par.accum):
+                        x, y = train_data.batch(windows[m * spec.micro_batch:(m + 1) * spec.micro_batch])
+                        losses.append(par.forward_backward(x.to(backend.device), y.to(backend.device), m,
+                                                           backend.autocast()))
+                    loss_val = distributed.mean_across(sum(map(float, losses)) / par.accum, world,
+                                                       backend.device)
+                except Exception as exc:
+                    stop_in_failed_step(step, exc)
+                    raise
                 step += 1
                 finite = math.isfinite(loss_val)
                 if finite:

@@ -112,6 +112,48 @@ def test_sigterm_saves_and_resumed_process_matches(tmp_path, micro_spec):
     assert_identical(tmp_path / "full", tmp_path / "cut")
 
 
+def header_preprocessor_running(pgid: int) -> bool:
+    """Inductor's C++ preprocessing of its precompiled header (`g++ ... header.hpp -E`, once a process at its
+    first compile) runs in process group `pgid`. Killing it fails the compile, as Slurm's SIGTERM did."""
+    for proc in Path("/proc").iterdir():
+        try:
+            stat = (proc / "stat").read_text()
+            if (stat.split("(", 1)[1].split(")", 1)[0] == "cc1plus" and int(stat.rsplit(")", 1)[1].split()[2]) == pgid
+                    and b"header.hpp" in (proc / "cmdline").read_bytes()):
+                return True
+        except (OSError, ValueError, IndexError):  # a process that ended while being read
+            continue
+    return False
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_during_the_first_compile_saves_and_resumes(tmp_path, micro_spec):
+    """Slurm (and a process-group kill) send SIGTERM to the C++ compiler inductor runs in the first compiled
+    step as well as to the engine: the step then fails. The engine saves the weights from before that step
+    and exits 143; the resumed run ends bit-identical to an uninterrupted compiled run."""
+    spec = micro_spec(steps=6, checkpoint_every=1000, log_every=1, eval_every=1000, compile=True)
+    config = write_config(tmp_path / "train.yaml", spec)
+    env = dict(os.environ, TINYFORGE_HOME=str(tmp_path / "home"), TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.Popen([EXE, "train", "--config", str(config), "--out", str(tmp_path / "cut")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 240
+    while proc.poll() is None and time.time() < deadline and not header_preprocessor_running(proc.pid):
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended before its first compile: {proc.communicate()[1][-2000:]}"
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert "failed after the signal" in err, err[-3000:]  # the compile failed: the path under test ran
+    saved = ckpt.list_checkpoints(tmp_path / "cut" / "checkpoints")
+    assert [p.name for p in saved] == ["step_00000000"]
+    events = [json.loads(line) for line in (tmp_path / "cut" / "events.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "preempted" and e.get("step") == 0 for e in events), events
+    for out in ("cut", "full"):  # the resume, then the same run uninterrupted
+        subprocess.run([EXE, "train", "--config", str(config), "--out", str(tmp_path / out)], env=env, check=True,
+                       capture_output=True)
+    assert_identical(tmp_path / "full", tmp_path / "cut")
+
+
 def write_config(path: Path, spec) -> Path:
     path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
     return path
