@@ -31,8 +31,8 @@ EAGER_MFU = 0.15  # measured 17.7% of the bf16 matmul peak at the small scale on
 
 
 def eager_rate(device_type: str, peak_flops: float) -> float:
-    if device_type == "cpu":
-        return CPU_EAGER_FLOPS_PER_CORE * len(os.sched_getaffinity(0))
+    if device_type == "cpu":  # the threads this process computes with (the ablation's runs: one each)
+        return CPU_EAGER_FLOPS_PER_CORE * torch.get_num_threads()
     return max(peak_flops * EAGER_MFU, 1.0)
 
 

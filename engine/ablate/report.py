@@ -210,15 +210,17 @@ def plot_curve(study: dict, path: Path) -> Path:
 
 def markdown(study: dict) -> str:
     p = study["parent"]
-    checks = "\n".join(f"- {c['arm']}: engine {c['engine_bpb']:.5f}, transformers {c['transformers_bpb']:.5f} "
-                       f"({c['difference']:+.2e})" for c in study["independent_check"]) or "- (exports off)"
+    checks = "\n".join(f"- {c['arm']}: engine {c['engine_fp32_bpb']:.6f}, transformers {c['transformers_bpb']:.6f} "
+                       f"({c['difference']:+.2e}); the run's own figure {c['engine_bpb']:.6f} "
+                       f"({c['engine_bpb'] - c['engine_fp32_bpb']:+.2e} from fp32)"
+                       for c in study["independent_check"]) or "- (exports off)"
     return (f"# Ablation ({study['spec']['scale']})\n\n" + "\n".join(f"- {v}" for v in study["verdict"]) +
             f"\n\nParent: {p['params']:,} params, {p['steps']} steps, {p['tokens']:,} tokens, held-out "
             f"{p['val_bpb']:.4f} bpb; the inherited child at step 0 {p['child_step0_bpb']:.4f} bpb (random init "
             f"{p['random_init_step0_bpb']:.4f}).\n\n## Full budget\n\n{table(study)}\n\n![ablation](ablation.png)\n\n"
             f"## Budget curve (held-out bpb, mean over the seeds)\n\n{curve_table(study)}\n\n"
             f"![budget curve](budget_curve.png)\n\n## Regime guards\n\n{guards(study)}\n\n"
-            f"## Held-out bpb recomputed by transformers on the exports (seed 0)\n\n{checks}\n")
+            f"## Held-out bpb recomputed by transformers on the exports (seed 0, fp32)\n\n{checks}\n")
 
 
 def write(study: dict, out: Path) -> dict[str, Path]:

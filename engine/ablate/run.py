@@ -143,7 +143,7 @@ class Ablation:
                           "val_fraction": self.sc.val_fraction},
                     init={"checkpoint": init}, optim={"lr": sc.lr}, steps=steps, batch_size=sc.batch_size,
                     micro_batch=sc.batch_size, seq_len=sc.seq_len, seed=seed, backend=self.spec.backend,
-                    precision=self.spec.precision, compile=False,  # measured: ~10% at these sizes, 20 s to compile
+                    precision=self.spec.precision, compile=self.spec.compile,
                     log_every=max(steps // 4, 1), eval_every=steps,
                     eval_batches=eval_batches, checkpoint_every=steps, keep_checkpoints=1)
 
@@ -245,7 +245,8 @@ class Ablation:
     def export(self, rows: list[dict], ctx: dict) -> list[dict]:
         """Every arm's final model (full budget, every seed) as a Hugging Face directory under exports/, and the
         held-out bits-per-byte of the seed-0 exports recomputed by transformers (an independent implementation
-        of the model) over the same windows."""
+        of the model) over the same windows, in fp32 both: the engine's figure again in fp32 beside it, since
+        the runs evaluate at their training precision (bf16 on a bf16-native CPU)."""
         from engine.hf import export
 
         checks = []
@@ -256,9 +257,12 @@ class Ablation:
                 export(Path(row["checkpoint"]), hf_dir, ctx["tok"][arm.tokenizer])
             row["export"] = str(hf_dir)
             if row["seed"] == 0:
-                bpb = transformers_bpb(hf_dir, ctx["data"][arm.tokenizer]["dir"], self.sc.seq_len, self.sc.batch_size)
-                checks.append({"arm": arm.key, "engine_bpb": row["val_bpb"], "transformers_bpb": bpb,
-                               "difference": bpb - row["val_bpb"]})
+                data = ctx["data"][arm.tokenizer]
+                fp32 = engine_fp32_bpb(Path(row["checkpoint"]), data["dir"], self.sc.seq_len, self.sc.batch_size,
+                                       data["eval_batches"])
+                bpb = transformers_bpb(hf_dir, data["dir"], self.sc.seq_len, self.sc.batch_size)
+                checks.append({"arm": arm.key, "engine_bpb": row["val_bpb"], "engine_fp32_bpb": fp32,
+                               "transformers_bpb": bpb, "difference": bpb - fp32})
         return checks
 
     # --- the schedule -----------------------------------------------------------------------------
@@ -432,6 +436,19 @@ class JobPool:
 
 
 @torch.no_grad()
+def engine_fp32_bpb(checkpoint: Path, data_dir: str, seq_len: int, batch: int, n_batches: int) -> float:
+    """Held-out bits-per-byte of a checkpoint by the engine's own evaluation, in fp32 on the CPU."""
+    from engine.backend import resolve
+    from engine.evaluate import load_model
+    from engine.train import evaluate
+
+    backend = resolve("cpu", "fp32")
+    model, _ = load_model(checkpoint, backend)
+    val = TokenData.open(Path(data_dir), "val", seq_len, vocab_limit=model.config.vocab_size)
+    with torch.no_grad():
+        return evaluate(model, val, n_batches, batch, backend)["bpb"]
+
+
 def transformers_bpb(hf_dir: Path, data_dir: str, seq_len: int, batch: int) -> float:
     """Held-out bits-per-byte of a Hugging Face export computed by transformers' Llama over every held-out
     window, with the bytes of exactly the scored tokens."""

@@ -37,6 +37,7 @@ class Scale:
     lr: float
     threads: int  # torch threads of each run
     workers: int  # runs at once (processes)
+    compile: bool | Literal["auto"]  # every run's `compile` (engine/compiling.py)
 
 
 SCALES: dict[str, Scale] = {
@@ -44,12 +45,14 @@ SCALES: dict[str, Scale] = {
     "smoke": Scale(str(BUNDLED_CORPUS), 2048, base_layers=2, base_width=64, head_dim=16, deep_layers=4,
                    parent_layers=4, parent_width=128, batch_size=8, seq_len=64, val_fraction=0.05, budget_steps=24,
                    parent_steps=30, budgets=(0.5, 1.0), seeds=1, curve_seeds=1, lr=3e-3, threads=1,
-                   workers=1),
-    # the committed result (docs/ablation/): at most 45 minutes on an idle 2-core machine
+                   workers=1, compile=False),
+    # the committed result (docs/ablation/): at most 45 minutes on an idle 2-core machine. Compiled: 30 runs of
+    # four shapes, so after each shape's first compile the persistent cache makes it a few seconds (bf16
+    # compiled 1.9x eager fp32 a step at these shapes on a Zen 4, docs/train-speed.md session 9)
     "default": Scale(str(FULL_CORPUS), 2048, base_layers=4, base_width=64, head_dim=16, deep_layers=10,
                      parent_layers=10, parent_width=96, batch_size=8, seq_len=128, val_fraction=0.02,
                      budget_steps=3000, parent_steps=3000, budgets=(0.25, 0.5, 1.0), seeds=3, curve_seeds=1,
-                     lr=6e-3, threads=1, workers=2),
+                     lr=6e-3, threads=1, workers=2, compile=True),
 }
 
 
@@ -74,7 +77,9 @@ class AblateSpec(Strict):
     threads: PositiveInt | None = Field(None, description="torch threads of each run")
     workers: PositiveInt | None = Field(None, description="runs at once, each in its own process")
     backend: Backend = "cpu"
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "fp32"
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    compile: bool | Literal["auto"] | None = Field(None, description="every run's compile setting; default: the "
+                                                                    "scale's")
     export: bool = Field(True, description="export every arm's final model (full budget) as a Hugging Face directory")
     cache_dir: OutputPath | None = Field(None, description="tokenised shards, tokenizers and parents shared "
                                                            "across runs; default $TINYFORGE_HOME/datasets")
@@ -82,7 +87,7 @@ class AblateSpec(Strict):
     @model_validator(mode="after")
     def _check(self):
         s = SCALES[self.scale]
-        for name in ("seeds", "curve_seeds", "budget_steps", "parent_steps", "threads", "workers"):
+        for name in ("seeds", "curve_seeds", "budget_steps", "parent_steps", "threads", "workers", "compile"):
             if getattr(self, name) is None:
                 setattr(self, name, getattr(s, name))
         if self.sources is None:

@@ -18,6 +18,19 @@ def eager_seconds(steps: int) -> float:
     return steps * RUN["tokens_per_step"] * RUN["flops_per_token"] / compiling.eager_rate("cpu", RUN["peak_flops"])
 
 
+def test_the_cpu_estimate_counts_the_threads_the_run_computes_with():
+    """The ablation's runs train on one thread each, two at a time: their eager estimate is that of one core."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = compiling.eager_rate("cpu", RUN["peak_flops"])
+        torch.set_num_threads(2)
+        two = compiling.eager_rate("cpu", RUN["peak_flops"])
+    finally:
+        torch.set_num_threads(before)
+    assert one == compiling.CPU_EAGER_FLOPS_PER_CORE and two == 2 * one
+
+
 def test_default_is_auto_and_booleans_still_parse():
     assert TrainSpec().compile == "auto"
     assert TrainSpec.model_validate({"compile": True}).compile is True
@@ -106,7 +119,7 @@ def test_the_demo_parent_compiles_in_bf16_and_its_children_stay_eager(monkeypatc
 
     spec = validate_spec(yaml.safe_load((REPO / "examples" / "demo-recipe.yaml").read_text()))
     configs = {name: config for name, _, config, _ in expand(spec.recipe, spec.resources)}
-    monkeypatch.setattr(compiling.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(compiling.torch, "get_num_threads", lambda: 2)  # the demo's 2-core machine
 
     def decide(stage: str, dtype, vocab: int, **child) -> bool:
         config = configs[stage]
