@@ -445,10 +445,10 @@ def engine_fp32_bpb(checkpoint: Path, data_dir: str, seq_len: int, batch: int, n
     backend = resolve("cpu", "fp32")
     model, _ = load_model(checkpoint, backend)
     val = TokenData.open(Path(data_dir), "val", seq_len, vocab_limit=model.config.vocab_size)
-    with torch.no_grad():
-        return evaluate(model, val, n_batches, batch, backend)["bpb"]
+    return evaluate(model, val, n_batches, batch, backend)["bpb"]
 
 
+@torch.no_grad()
 def transformers_bpb(hf_dir: Path, data_dir: str, seq_len: int, batch: int) -> float:
     """Held-out bits-per-byte of a Hugging Face export computed by transformers' Llama over every held-out
     window, with the bytes of exactly the scored tokens."""

@@ -47,8 +47,8 @@ SCALES: dict[str, Scale] = {
                    parent_steps=30, budgets=(0.5, 1.0), seeds=1, curve_seeds=1, lr=3e-3, threads=1,
                    workers=1, compile=False),
     # the committed result (docs/ablation/): at most 45 minutes on an idle 2-core machine. Compiled: 30 runs of
-    # four shapes, so after each shape's first compile the persistent cache makes it a few seconds (bf16
-    # compiled 1.9x eager fp32 a step at these shapes on a Zen 4, docs/train-speed.md session 9)
+    # four shapes, and a worker process compiles a shape once (9-56 s measured; 0.03-0.08 s in its later runs);
+    # bf16 compiled is 1.9x eager fp32 a step at these shapes alone on a Zen 4 (docs/train-speed.md session 9)
     "default": Scale(str(FULL_CORPUS), 2048, base_layers=4, base_width=64, head_dim=16, deep_layers=10,
                      parent_layers=10, parent_width=96, batch_size=8, seq_len=128, val_fraction=0.02,
                      budget_steps=3000, parent_steps=3000, budgets=(0.25, 0.5, 1.0), seeds=3, curve_seeds=1,
