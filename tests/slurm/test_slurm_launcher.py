@@ -131,7 +131,8 @@ def train_config(tmp_path: Path, **kw) -> Path:
            "micro_batch": 2, "log_every": 1, "eval_every": 3, "eval_batches": 2, "checkpoint_every": 3,
            "precision": "fp32", "parallel": {"strategy": "ddp"},
            # eager: these tests time Slurm's signals, and the 100,000-step runs would compile under compile:
-           # auto, where a SIGTERM landing during inductor's first compile kills its g++ too (exit 1, not 143)
+           # auto; a SIGTERM landing during inductor's first compile kills its g++ too, which a single process
+           # survives with a checkpoint (exit 143; tests/engine/test_resume.py) but a multi-process run does not
            "compile": False, **kw}
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(cfg))
