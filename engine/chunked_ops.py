@@ -40,9 +40,14 @@ def check_inputs(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, i
     if targets.dtype not in (torch.int64, torch.int32):
         raise ValueError(f"linear_cross_entropy.targets: expected an integer tensor, got {targets.dtype}")
     bad = ((targets < 0) | (targets >= weight.shape[0])) & (targets != ignore_index)
-    if bool(bad.any()):
-        raise ValueError(f"linear_cross_entropy.targets: values must lie in [0, {weight.shape[0]}) or equal "
-                         f"ignore_index={ignore_index}; got {targets[bad][:4].tolist()}")
+    message = (f"linear_cross_entropy.targets: values must lie in [0, {weight.shape[0]}) or equal "
+               f"ignore_index={ignore_index}")
+    if torch.compiler.is_compiling() or targets.device.type != "cpu":
+        # checked where the targets are, without a host sync (inside a compiled graph `bool()` would also
+        # break the graph in two); the error is raised when the step's result is next read
+        torch._assert_async(~bad.any(), message)
+    elif bool(bad.any()):  # eager on a CPU: nothing to wait for, and the error can show the values
+        raise ValueError(f"{message}; got {targets[bad][:4].tolist()}")
 
 
 def chunk_rows(n_rows: int, vocab: int, hidden: int, requested: int | None = None) -> int:
@@ -61,10 +66,17 @@ def compute_dtype(h: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return torch.promote_types(h.dtype, weight.dtype)
 
 
+def safe_targets(targets: torch.Tensor, valid: torch.Tensor, vocab: int) -> torch.Tensor:
+    """[rows, 1] columns to gather: ignored rows read column 0, and an out-of-range target (which
+    check_inputs' device-side check reports) reads an in-range column rather than out of bounds, so that
+    check's error is the one raised."""
+    return torch.where(valid, targets, 0).clamp(0, vocab - 1).long()[:, None]
+
+
 def torch_chunk_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int, grad_scale: float,
                      need_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     valid = targets != ignore_index
-    safe = torch.where(valid, targets, 0).long()[:, None]
+    safe = safe_targets(targets, valid, logits.shape[1])
     logp = torch.log_softmax(logits.float(), dim=-1)
     loss = -logp.gather(1, safe).squeeze(1) * valid
     if not need_grad:
@@ -86,7 +98,7 @@ def fused_chunk_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: 
     Zen 4)."""
     x = logits.float()
     valid = targets != ignore_index
-    safe = torch.where(valid, targets, 0).long()[:, None]
+    safe = safe_targets(targets, valid, x.shape[1])
     row_max = x.amax(-1, keepdim=True)
     exps = torch.exp(x - row_max)
     row_sum = exps.sum(-1, keepdim=True)
@@ -114,14 +126,13 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             hc, wc = h.to(dtype), weight.to(dtype)
             targets = targets.contiguous()
             n_valid = (targets != ignore_index).sum()
-            grad_scale = 1.0 / max(int(n_valid), 1)  # one host sync per step
             row_loss = torch.empty(n_rows, dtype=torch.float32, device=h.device)
             grad_h = torch.empty_like(h) if need_h else None
             grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
             for start in range(0, n_rows, rows):
                 end = min(start + rows, n_rows)
                 logits = hc[start:end] @ wc.T
-                row_loss[start:end], grad = chunk_fn(logits, targets[start:end], ignore_index, grad_scale,
+                row_loss[start:end], grad = chunk_fn(logits, targets[start:end], ignore_index, 1.0,
                                                      need_h or need_w)
                 del logits
                 if need_h:
@@ -132,16 +143,21 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                     else:
                         grad_w.add_(grad.T @ hc[start:end])
                 del grad
-        ctx.save_for_backward(*(g for g in (grad_h, grad_w) if g is not None))
+        # the gradients are of the summed loss; backward divides by the count of valid targets, a tensor, so
+        # no host sync is needed for it (the probabilities, at most 1, also keep more bits in bf16 or fp16
+        # unscaled than divided by ~10^4 tokens)
+        ctx.save_for_backward(n_valid, *(g for g in (grad_h, grad_w) if g is not None))
         ctx.needs, ctx.weight_dtype = (need_h, need_w), weight.dtype
         return row_loss.sum() / n_valid
 
     @staticmethod
     def backward(ctx, grad_loss):
-        saved = iter(ctx.saved_tensors)
+        n_valid, *grads = ctx.saved_tensors
+        saved = iter(grads)
         need_h, need_w = ctx.needs
-        grad_h = next(saved) * grad_loss if need_h else None
-        grad_w = (next(saved) * grad_loss).to(ctx.weight_dtype) if need_w else None
+        scale = grad_loss / n_valid.clamp(min=1)
+        grad_h = next(saved) * scale if need_h else None
+        grad_w = (next(saved) * scale).to(ctx.weight_dtype) if need_w else None
         return grad_h, grad_w, None, None, None, None, None
 
 

@@ -126,3 +126,23 @@ def test_compiled_on_cpu_takes_the_fused_chunk_loss_and_matches_the_reference():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     ref_loss = ref.linear_cross_entropy(h, w, targets)
     torch.testing.assert_close(got[0], ref_loss)
+
+
+def test_compiled_loss_is_one_graph_without_host_syncs_and_still_rejects_bad_targets():
+    """Inside a compiled step the loss neither reads a value on the host (the range check and the count of
+    valid targets stay device tensors) nor breaks the graph; an out-of-range target still fails, naming the
+    field. Before: two graph breaks (`bool(bad.any())`, `int(n_valid)`), each a host sync."""
+    h, w, targets = case(40, 50, 8, ignored=(5,))
+
+    def loss_and_grads(h, w, targets):
+        loss = chunked(h, w, targets, chunk_size=16)
+        return (loss, *torch.autograd.grad(loss, (h, w)))
+
+    explained = torch._dynamo.explain(loss_and_grads)(h, w, targets)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    compiled = torch.compile(loss_and_grads)
+    for a, b in zip(compiled(h, w, targets), loss_and_grads(h, w, targets)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    targets[7] = 50
+    with pytest.raises(RuntimeError, match=r"linear_cross_entropy\.targets: values must lie in \[0, 50\)"):
+        compiled(h, w, targets)
