@@ -18,7 +18,7 @@ demo: $(BIN)/.installed
 # both end with the fault-injection summary (bench/chaos_report.py) of the figures this run recorded
 test: $(BIN)/.installed
 	rm -rf build/chaos
-	$(BIN)/python -m pytest -q tests; status=$$?; $(BIN)/python bench/chaos_report.py; exit $$status
+	$(BIN)/python -m pytest -q --durations=25 tests; status=$$?; $(BIN)/python bench/chaos_report.py; exit $$status
 
 CHAOS_TESTS = tests/chaos $(wildcard tests/engine/test_faults_engine.py tests/security)
 
