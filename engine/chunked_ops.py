@@ -145,8 +145,8 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                         grad_w.add_(grad.T @ hc[start:end])
                 del grad
         # the gradients are of the summed loss; backward divides by the count of valid targets, a tensor, so
-        # no host sync is needed for it (the probabilities, at most 1, also keep more bits in bf16 or fp16
-        # unscaled than divided by ~10^4 tokens)
+        # no host sync is needed for it (and in fp16 the probabilities, at most 1, no longer underflow as
+        # they could once divided by ~10^4 tokens)
         ctx.save_for_backward(n_valid, *(g for g in (grad_h, grad_w) if g is not None))
         ctx.needs, ctx.weight_dtype = (need_h, need_w), weight.dtype
         return row_loss.sum() / n_valid
