@@ -16,7 +16,7 @@ BLOCK_V = 1024
 
 
 @triton.jit
-def _ce_loss_and_grad(LOGITS, stride_row, TARGETS, LOSS, vocab, ignore_index, grad_scale,
+def _ce_loss_and_grad(LOGITS, stride_row, TARGETS, LOSS, vocab, ignore_index,
                       BLOCK_V: tl.constexpr, WRITE_GRAD: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     ptr = LOGITS + row * stride_row
@@ -32,12 +32,13 @@ def _ce_loss_and_grad(LOGITS, stride_row, TARGETS, LOSS, vocab, ignore_index, gr
         s = s * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
         m = m_new
     lse = m + tl.log(s)
-    safe_target = tl.where(valid, target, 0)
+    # in range even for a bad target (engine.chunked_ops.safe_targets): the device-side check reports it
+    safe_target = tl.where(valid, tl.minimum(tl.maximum(target, 0), vocab - 1), 0)
     x_target = tl.load(ptr + safe_target).to(tl.float32)
     tl.store(LOSS + row, tl.where(valid, lse - x_target, 0.0))
-    # pass 2: the logits become (softmax - onehot) * grad_scale, zero on ignored rows
+    # pass 2: the logits become softmax - onehot (the gradient of the row's loss), zero on ignored rows
     if WRITE_GRAD:
-        scale = tl.where(valid, grad_scale, 0.0)
+        scale = tl.where(valid, 1.0, 0.0)
         for start in range(0, vocab, BLOCK_V):
             cols = start + tl.arange(0, BLOCK_V)
             col_mask = cols < vocab
@@ -46,13 +47,13 @@ def _ce_loss_and_grad(LOGITS, stride_row, TARGETS, LOSS, vocab, ignore_index, gr
             tl.store(ptr + cols, (p * scale).to(LOGITS.dtype.element_ty), mask=col_mask)
 
 
-def triton_chunk_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int, grad_scale: float,
+def triton_chunk_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int,
                       need_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """engine.chunked_ops' chunk step in one kernel launch: the logits buffer becomes the gradient."""
     logits = logits.contiguous()
     loss = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
     _ce_loss_and_grad[(logits.shape[0],)](logits, logits.stride(0), targets, loss, logits.shape[1], ignore_index,
-                                          grad_scale, BLOCK_V=BLOCK_V, WRITE_GRAD=need_grad)
+                                          BLOCK_V=BLOCK_V, WRITE_GRAD=need_grad)
     return loss, (logits if need_grad else None)
 
 

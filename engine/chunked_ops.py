@@ -24,9 +24,9 @@ import torch
 MIN_CHUNK_ELEMENTS = 1 << 22
 MIN_CHUNK_ROWS = 256
 
-# chunk_fn(logits [rows, V], targets [rows], ignore_index, grad_scale, need_grad)
-#   -> (per-row fp32 loss, d loss / d logits in the logits' dtype, or None without need_grad)
-ChunkFn = Callable[[torch.Tensor, torch.Tensor, int, float, bool], tuple[torch.Tensor, torch.Tensor | None]]
+# chunk_fn(logits [rows, V], targets [rows], ignore_index, need_grad)
+#   -> (per-row fp32 loss, d (summed loss) / d logits in the logits' dtype, or None without need_grad)
+ChunkFn = Callable[[torch.Tensor, torch.Tensor, int, bool], tuple[torch.Tensor, torch.Tensor | None]]
 
 
 def check_inputs(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> None:
@@ -74,7 +74,7 @@ def safe_targets(targets: torch.Tensor, valid: torch.Tensor, vocab: int) -> torc
     return torch.where(valid, targets, 0).clamp(0, vocab - 1).long()[:, None]
 
 
-def torch_chunk_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int, grad_scale: float,
+def torch_chunk_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int,
                      need_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     valid = targets != ignore_index
     safe = safe_targets(targets, valid, logits.shape[1])
@@ -84,11 +84,11 @@ def torch_chunk_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: 
         return loss, None
     grad = logp.exp_()  # softmax, in the log-softmax buffer
     grad.scatter_add_(1, safe, torch.full_like(grad[:, :1], -1.0))
-    grad.mul_((valid * grad_scale)[:, None])  # ignored rows: zero
+    grad.mul_(valid[:, None])  # ignored rows: zero
     return loss, grad.to(logits.dtype)
 
 
-def fused_chunk_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int, grad_scale: float,
+def fused_chunk_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int,
                      need_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     """torch_chunk_loss written for inductor's CPU fusion (used inside compiled graphs on a CPU): one
     exponential per logit, whose row sum gives the loss and whose scaled value is the gradient, written
@@ -107,7 +107,7 @@ def fused_chunk_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: 
     loss = (row_max + torch.log(row_sum) - target_logit).squeeze(1) * valid
     if not need_grad:
         return loss, None
-    scale = (valid * grad_scale)[:, None]  # ignored rows: zero
+    scale = valid[:, None].float()  # ignored rows: zero
     grad = (exps * (scale / row_sum)).to(logits.dtype)
     target_grad = (torch.exp(target_logit - row_max) / row_sum - 1) * scale
     return loss, grad.scatter(1, safe, target_grad.to(logits.dtype))
@@ -133,7 +133,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             for start in range(0, n_rows, rows):
                 end = min(start + rows, n_rows)
                 logits = hc[start:end] @ wc.T
-                row_loss[start:end], grad = chunk_fn(logits, targets[start:end], ignore_index, 1.0,
+                row_loss[start:end], grad = chunk_fn(logits, targets[start:end], ignore_index,
                                                      need_h or need_w)
                 del logits
                 if need_h:
