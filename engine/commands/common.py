@@ -44,6 +44,11 @@ def stage_command(fn):
             if exc.errno == errno.ENOSPC:
                 fail(f"disk full: {exc}", EXIT_INFRA)
             raise
+        finally:
+            # A gloo group left to the interpreter's teardown can abort the process (SIGABRT, "terminate
+            # called without an active exception", pytorch#190489) after the work has succeeded.
+            from engine import distributed
+            distributed.shutdown()
     return wrapper
 
 
