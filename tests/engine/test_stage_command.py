@@ -8,6 +8,14 @@ from engine import distributed
 from engine.commands.common import EXIT_USER, stage_command
 
 
+@pytest.fixture(autouse=True)
+def group_env(monkeypatch):
+    """The variables a group of one sets when absent, set here so that they leave with the test."""
+    for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(distributed._free_port())),
+                       ("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(key, value)
+
+
 def _join_a_group():
     distributed.init(distributed.world_from_env(), "gloo", single_process_group=True)
     assert dist.is_initialized()
