@@ -48,6 +48,18 @@ def micro_spec():
 
 
 @pytest.fixture
+def group_of_one_env(monkeypatch):
+    """The variables engine.distributed.init fills in for a process group of one in this process, set
+    through monkeypatch so that they leave with the test: set by init itself they would stay and reach
+    every later subprocess (lm-eval's accelerate then tried to join a group on a long-gone port)."""
+    from engine import distributed
+
+    for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(distributed._free_port())),
+                       ("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(key, value)
+
+
+@pytest.fixture
 def restore_determinism():
     """For tests that compile a training step on a CPU: engine.determinism.for_compiled_cpu turns torch's
     deterministic algorithms on for the process; put them back for the tests after, and drop the graphs

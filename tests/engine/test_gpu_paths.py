@@ -222,7 +222,7 @@ def test_optimizer_offload_is_allowed_with_the_client_adamw(tmp_path):
     assert cfg["zero_force_ds_cpu_optimizer"] is False  # else DeepSpeed 0.19 refuses a client optimizer
 
 
-def test_deepspeed_accepts_offload_with_our_client_optimizer_at_initialize(tmp_path, monkeypatch):
+def test_deepspeed_accepts_offload_with_our_client_optimizer_at_initialize(tmp_path, group_of_one_env):
     """deepspeed.initialize itself on the generated config (offload on, on CPU: the plan-time check that
     refuses offload from a CPU job is skipped here, the client-optimizer check is what is exercised)."""
     import deepspeed
@@ -234,12 +234,6 @@ def test_deepspeed_accepts_offload_with_our_client_optimizer_at_initialize(tmp_p
     ds = tmp_path / "ds.json"
     ds.write_text(json.dumps({"zero_optimization": {"offload_optimizer": {"device": "cpu"}}}))
     cfg = deepspeed_config(zero_spec("zero2", ds), 1, "cuda")
-    # set (not deleted) through monkeypatch, so that they are removed again after the test: a key init set by
-    # itself would stay in this process and reach every later subprocess (lm-eval's accelerate then tried to
-    # join a process group on the long-gone port)
-    for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(distributed._free_port())), ("RANK", "0"),
-                       ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
-        monkeypatch.setenv(key, value)
     distributed.init(distributed.World(), "gloo", single_process_group=True)
     model = GPT(ModelConfig(vocab_size=64, n_layer=1, n_embd=32, n_head=2, n_kv_head=1, ffn_hidden=48,
                             block_size=16))

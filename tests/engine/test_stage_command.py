@@ -8,12 +8,7 @@ from engine import distributed
 from engine.commands.common import EXIT_USER, stage_command
 
 
-@pytest.fixture(autouse=True)
-def group_env(monkeypatch):
-    """The variables a group of one sets when absent, set here so that they leave with the test."""
-    for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(distributed._free_port())),
-                       ("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
-        monkeypatch.setenv(key, value)
+pytestmark = pytest.mark.usefixtures("group_of_one_env")
 
 
 def _join_a_group():
