@@ -1,6 +1,7 @@
 """`tinyforge demo` end to end at test size (--quick): it starts the service, submits the recipe through
 the API, prints the results table and the export's path, and leaves every stage in the SQLite database
-of ./.tinyforge, where a later `tinyforge serve` finds the job."""
+of ./.tinyforge, where a later `tinyforge serve` finds the job and its dashboard page (in a real headless
+chromium) ends the argument the demo ends with: the recipe against its from-scratch control."""
 from __future__ import annotations
 
 import os
@@ -15,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import page_shot
+
 STAGES = ["tokenizer", "parent", "inherit", "round1", "round2", "export", "eval", "scratch", "eval_scratch"]
 
 
@@ -25,7 +28,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_quick_demo_runs_the_recipe_through_the_service(tmp_path):
+def test_quick_demo_runs_the_recipe_through_the_service(tmp_path, open_page):
     exe = str(Path(sys.executable).with_name("tinyforge"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("TINYFORGE_")}  # the demo's own defaults
     t0 = time.time()
@@ -72,7 +75,8 @@ def test_quick_demo_runs_the_recipe_through_the_service(tmp_path):
     serve = subprocess.Popen([exe, "serve", "--home", str(home), "--port", str(port), "--no-worker"], cwd=tmp_path,
                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        headers = {"Authorization": f"Bearer {(home / 'admin.token').read_text().strip()}"}
+        token = (home / "admin.token").read_text().strip()
+        headers = {"Authorization": f"Bearer {token}"}
         deadline = time.time() + 60
         while True:
             try:
@@ -82,8 +86,27 @@ def test_quick_demo_runs_the_recipe_through_the_service(tmp_path):
                 assert time.time() < deadline and serve.poll() is None, "serve did not come up"
                 time.sleep(0.3)
         assert r.status_code == 200, r.text
-        assert r.json()["status"] == "succeeded"
-        assert [s["name"] for s in r.json()["stages"]] == STAGES
+        job = r.json()
+        assert job["status"] == "succeeded"
+        assert [s["name"] for s in job["stages"]] == STAGES
+
+        # the job's comparison is the demo's last word, from the two eval stages at equal child compute
+        cmp, by = job["comparison"], {st["name"]: st["summary"] for st in job["stages"]}
+        assert cmp["recipe_bpb"] == by["eval"]["val_bpb"] and cmp["scratch_bpb"] == by["eval_scratch"]["val_bpb"]
+        assert cmp["child_tokens"] == cmp["scratch_tokens"] == by["round1"]["tokens"] + by["round2"]["tokens"]
+        assert f"recipe vs scratch: {cmp['recipe_bpb']:.4f} vs {cmp['scratch_bpb']:.4f}" in out
+
+        # and the dashboard's job page says it, and charts held-out bits per byte: the unit that compares the
+        # parent (large tokenizer) with the child stages (compact tokenizer)
+        expect = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra").expect
+        page, watch = open_page(f"http://127.0.0.1:{port}", token, f"#/jobs/{job_id}")
+        expect(page.locator("#job-comparison")).to_contain_text(
+            f"{cmp['recipe_bpb']:.4f} vs {cmp['scratch_bpb']:.4f} held-out bits/byte")
+        expect(page.locator("#job-comparison")).to_contain_text("equal child training compute")
+        page.wait_for_function("() => +document.querySelector('#chart-bpb canvas').dataset.points > 0")
+        expect(page.locator("#chart-bpb")).to_contain_text("bits per byte")
+        page_shot(page, "recipe-vs-scratch")
+        assert not watch.errors and not watch.dialogs, (watch.errors, watch.dialogs)
     finally:
         serve.terminate()
         serve.wait(timeout=30)

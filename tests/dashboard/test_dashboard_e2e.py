@@ -354,29 +354,3 @@ def test_static_files_are_served_with_a_strict_policy(dash):
         if f.suffix in (".html", ".js", ".css"):
             text = f.read_text()
             assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text, f
-
-
-def test_a_recipe_job_shows_recipe_vs_scratch_and_charts_bits_per_byte(dash, open_page):
-    """The demo's recipe at test size: the job page ends the argument the demo ends with (the recipe's held-out
-    bits/byte against its from-scratch control) and charts held-out bits per byte, the unit that compares the
-    parent (large tokenizer) with the child stages (compact tokenizer)."""
-    import yaml
-
-    from service.commands.demo import DEMO_SPEC, QUICK
-    from service.recipe import deep_merge
-
-    job = dash.submit(deep_merge(yaml.safe_load(DEMO_SPEC.read_text()), QUICK))
-    done = dash.wait(job["id"], timeout=600)
-    assert done["status"] == "succeeded", done
-    cmp = dash.http.get(f"/v1/jobs/{job['id']}").json()["comparison"]
-    by = {st["name"]: st["summary"] for st in dash.http.get(f"/v1/jobs/{job['id']}").json()["stages"]}
-    assert cmp["recipe_bpb"] == by["eval"]["val_bpb"] and cmp["scratch_bpb"] == by["eval_scratch"]["val_bpb"]
-    assert cmp["child_tokens"] == cmp["scratch_tokens"] == by["round1"]["tokens"] + by["round2"]["tokens"]
-    page, watch = open_page(dash.url, dash.read_token, f"#/jobs/{job['id']}")
-    expect(page.locator("#job-comparison")).to_contain_text(
-        f"{cmp['recipe_bpb']:.4f} vs {cmp['scratch_bpb']:.4f} held-out bits/byte")
-    expect(page.locator("#job-comparison")).to_contain_text("equal child training compute")
-    page.wait_for_function("() => +document.querySelector('#chart-bpb canvas').dataset.points > 0")
-    expect(page.locator("#chart-bpb")).to_contain_text("bits per byte")
-    page_shot(page, "recipe-vs-scratch")
-    assert not watch.errors and not watch.dialogs
