@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import signal
 import subprocess
 import threading
@@ -95,7 +96,7 @@ def test_sigkilled_workers_resume_training_bit_identically(tmp_path, figures):
                                                       "(micro, CPU, fixed seed)")
     rng = random.Random(20261129)
     svc = ChaosService(tmp_path / "home", f"sqlite:///{tmp_path / 'home' / 'tinyforge.db'}", **ENGINE_ENV)
-    watch = None
+    watch = reference = None
     try:
         job = svc.submit({"name": "chaos-train", "resources": {"backend": "cpu", "max_restarts": KILLS + 10},
                           "stages": [{"kind": "train", "config": train_config()}]})
@@ -133,6 +134,13 @@ def test_sigkilled_workers_resume_training_bit_identically(tmp_path, figures):
             orphan_exit_s.append(time.time() - t_kill)
             orphan_steps.append(newest_checkpoint_step(run_dir) - step_at_kill)
             assert orphan_steps[-1] <= ORPHAN_STEPS, "the killed worker's engine trained on: it got no SIGTERM"
+            if reference is None:  # the uninterrupted run of the config the worker wrote, on the other core
+                # (a copy of it: a command line that names the run directory would count as one of its engines)
+                config = tmp_path / "reference.yaml"
+                shutil.copyfile(run_dir / "stage.yaml", config)
+                reference = subprocess.Popen([PY, "-m", "tinyforge.cli", "train", "--config", str(config), "--out",
+                                              str(tmp_path / "reference")], env=svc.env, cwd=REPO,
+                                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         done = svc.wait(job["id"], timeout=240)
         assert done["status"] == "succeeded", done
         figures.update(faults_injected=kills, kill_moments=moments, orphan_exit_max_s=round(max(orphan_exit_s), 2),
@@ -152,10 +160,11 @@ def test_sigkilled_workers_resume_training_bit_identically(tmp_path, figures):
         starts = len({p for p, _ in watch.seen})
         assert 1 < starts <= len(attempts)  # at most one engine per attempt (one killed early starts none)
 
-        # the uninterrupted run of the same config, on the same data cache and thread count
+        # the uninterrupted run of the same config, on the same data cache and thread count (one: the engine
+        # env's OMP_NUM_THREADS), started after the first kill beside the job's attempts
         ref = tmp_path / "reference"
-        subprocess.run([PY, "-m", "tinyforge.cli", "train", "--config", str(run_dir / "stage.yaml"), "--out", str(ref)],
-                       env=svc.env, cwd=REPO, check=True, capture_output=True, timeout=300)
+        _, err = reference.communicate(timeout=300)
+        assert reference.returncode == 0, err[-3000:]
         got, want = tensors(run_dir), tensors(ref)
         assert got.keys() == want.keys()
         differ = [k for k in want if not same(got[k], want[k])]
@@ -174,4 +183,7 @@ def test_sigkilled_workers_resume_training_bit_identically(tmp_path, figures):
     finally:
         if watch:
             watch.done.set()
+        if reference is not None and reference.poll() is None:
+            reference.kill()
+            reference.wait()
         svc.close()
