@@ -253,6 +253,9 @@ def report(r: dict, peak: float) -> None:
         print(f"  matmuls of a compiled engine step (profiled)   {r['matmul_s'] * 1e3:.0f} of "
               f"{r['profiled_step_s'] * 1e3:.0f} ms; with nothing but them the engine would be "
               f"{hf_step / r['matmul_s']:.2f}x transformers eager")
+    # the bound no kernel can pass: every counted FLOP of a step done at the measured peak
+    print(f"  at 100% of the measured matmul peak the engine would be "
+          f"{peak / flops_per_token(cfg, row['seq']) / r['transformers']:.2f}x transformers eager")
     for key, train_key in (("score", "engine"), ("score_compiled", "engine_compiled")):
         if key in r:
             print(f"  scoring (forward only), {'compiled' if 'compiled' in key else 'eager':<9}{r[key]:10,.0f} tokens/s"
