@@ -230,10 +230,12 @@ def test_deepspeed_accepts_offload_with_our_client_optimizer_at_initialize(tmp_p
     from engine.config import ModelConfig
     from engine.model import GPT
     from engine.ops import adamw
+    from engine.parallel import without_inference_comm_op
 
     ds = tmp_path / "ds.json"
     ds.write_text(json.dumps({"zero_optimization": {"offload_optimizer": {"device": "cpu"}}}))
     cfg = deepspeed_config(zero_spec("zero2", ds), 1, "cuda")
+    without_inference_comm_op()  # as the engine starts DeepSpeed (no 30-50 s build of an op training never calls)
     distributed.init(distributed.World(), "gloo", single_process_group=True)
     model = GPT(ModelConfig(vocab_size=64, n_layer=1, n_embd=32, n_head=2, n_kv_head=1, ffn_hidden=48,
                             block_size=16))
