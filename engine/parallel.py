@@ -93,15 +93,17 @@ def _get(d: dict, key: tuple):
     return d
 
 
-def without_inference_comm_op() -> None:
-    """Keep DeepSpeed's communication backend from building its shared-memory all-reduce op
-    (`deepspeed_shm_comm`) when it starts. Only `inference_all_reduce` (DeepSpeed inference's tensor
-    parallelism) calls that op, which falls back to torch.distributed without it; ZeRO training's
+def initialize_deepspeed(model, optimizer, config: dict):
+    """`deepspeed.initialize`, with DeepSpeed's communication backend kept from building its shared-memory
+    all-reduce op (`deepspeed_shm_comm`) when it starts. Only `inference_all_reduce` (DeepSpeed inference's
+    tensor parallelism) calls that op, which falls back to torch.distributed without it; ZeRO training's
     collectives never use it. On a CPU the backend JIT-builds it with g++ in every new environment,
     before the first step: 49.8 s on a 2-core Zen 3 (session 14). DeepSpeed keeps the compatibility
     table it consults in one module-level dict so that edits to it persist."""
+    import deepspeed
     import deepspeed.ops
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    return deepspeed.initialize(model=model, optimizer=optimizer, config=config)
 
 
 def check_deepspeed_config(cfg: dict, backend_name: str) -> None:
@@ -136,12 +138,10 @@ class Parallel:
                 model, device_ids=None if backend.device.type == "cpu" else [backend.device.index])
         elif self.strategy.startswith("zero"):
             import deepspeed
-            without_inference_comm_op()
             if self.strategy == "zero3":  # the fused loss reads lm_head.weight outside lm_head's forward
                 deepspeed.zero.register_external_parameter(model, model.lm_head.weight)
-            self.engine, self.optimizer, _, _ = deepspeed.initialize(
-                model=model, optimizer=optimizer,
-                config=deepspeed_config(spec, world.size, backend.name, backend.autocast_dtype))
+            self.engine, self.optimizer, _, _ = initialize_deepspeed(
+                model, optimizer, deepspeed_config(spec, world.size, backend.name, backend.autocast_dtype))
             self.wrapped = self.engine
         else:
             self.wrapped = model

@@ -223,23 +223,21 @@ def test_optimizer_offload_is_allowed_with_the_client_adamw(tmp_path):
 
 
 def test_deepspeed_accepts_offload_with_our_client_optimizer_at_initialize(tmp_path, group_of_one_env):
-    """deepspeed.initialize itself on the generated config (offload on, on CPU: the plan-time check that
-    refuses offload from a CPU job is skipped here, the client-optimizer check is what is exercised)."""
-    import deepspeed
-
+    """deepspeed.initialize itself, as the engine calls it, on the generated config (offload on, on CPU: the
+    plan-time check that refuses offload from a CPU job is skipped here, the client-optimizer check is what is
+    exercised)."""
     from engine.config import ModelConfig
     from engine.model import GPT
     from engine.ops import adamw
-    from engine.parallel import without_inference_comm_op
+    from engine.parallel import initialize_deepspeed
 
     ds = tmp_path / "ds.json"
     ds.write_text(json.dumps({"zero_optimization": {"offload_optimizer": {"device": "cpu"}}}))
     cfg = deepspeed_config(zero_spec("zero2", ds), 1, "cuda")
-    without_inference_comm_op()  # as the engine starts DeepSpeed (no 30-50 s build of an op training never calls)
     distributed.init(distributed.World(), "gloo", single_process_group=True)
     model = GPT(ModelConfig(vocab_size=64, n_layer=1, n_embd=32, n_head=2, n_kv_head=1, ffn_hidden=48,
                             block_size=16))
-    engine, opt, _, _ = deepspeed.initialize(model=model, optimizer=adamw(model.parameters(), lr=1e-3), config=cfg)
+    engine, opt, _, _ = initialize_deepspeed(model, adamw(model.parameters(), lr=1e-3), cfg)
     x = torch.randint(0, 64, (4, 8))
     before = model.lm_head.weight.detach().clone()
     for _ in range(cfg["gradient_accumulation_steps"]):
