@@ -56,6 +56,22 @@ def test_sequence_losses_are_the_models_loss(checkpoint, trained_run):
     assert per_seq.std() > 0  # sequences differ
 
 
+def test_the_output_head_in_slices_gives_each_rows_own_loss(checkpoint, monkeypatch):
+    """A batch scored through the output head a few rows at a time (3, 3, 2 of 8) gives every row the loss
+    of its own full logits: no row dropped or paired with another row's targets."""
+    from engine.rounds import score
+
+    backend = resolve("cpu", "fp32")
+    model, manifest = load_model(checkpoint, backend, frozen=True)
+    data = TokenData.open(Path(manifest["data_dir"]), "train", model.config.block_size)
+    x, y = data.batch(BatchSampler(len(data), 8, 7).windows(0, epoch=0))
+    monkeypatch.setattr(score, "LOGIT_BYTES", 3 * 4 * x.shape[1] * model.config.vocab_size)
+    with torch.no_grad():
+        logits = model(x)
+    expected = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)
+    torch.testing.assert_close(sequence_losses(model, x, y, backend), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_a_stopped_scoring_pass_resumes_to_the_identical_draw(checkpoint, tmp_path):
     spec = rounds_spec(checkpoint)
     full = score_checkpoint(spec, tmp_path / "full", log=quiet)["summary"]
