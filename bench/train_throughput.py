@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO))
 from engine.arch import flops_per_token, measured_matmul_peak  # noqa: E402
 from engine.backend import bf16_native, resolve  # noqa: E402
 from engine.config import model_config  # noqa: E402
+from engine.cpu_load import busy_cores  # noqa: E402
 from engine.data import BatchSampler, TokenData, prepare_data  # noqa: E402
 from engine.paths import BUNDLED_CORPUS  # noqa: E402
 from engine.run_record import read_metrics  # noqa: E402
@@ -275,13 +276,13 @@ def main():
     ap.add_argument("--no-score", action="store_true", help="skip the scoring measurement")
     ap.add_argument("--json", help="also write the figures here")
     ap.add_argument("--threads", type=int, help="torch intra-op threads for both sides (default: torch's, one per "
-                                                "core; 1 when the load average is above the cores less 0.5)")
+                                                "core; 1 when other work keeps more than the cores less 0.5 busy)")
     args = ap.parse_args()
     cores = len(os.sched_getaffinity(0))
-    if not args.threads and os.getloadavg()[0] > cores - 0.5:
+    busy = busy_cores() if not args.threads else None  # now, not the load average: it lingers after work ends
+    if busy is not None and busy > cores - 0.5:
         args.threads = 1  # threads that wait on each other on a busy machine measure the neighbours, not the code
-        say(f"load average {os.getloadavg()[0]:.2f} on {cores} cores: the machine is busy, using 1 thread "
-            "(--threads N to choose)")
+        say(f"{busy:.1f} of {cores} cores busy with other work: using 1 thread (--threads N to choose)")
     if args.threads:
         torch.set_num_threads(args.threads)
     backend = resolve(args.backend, args.precision)

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from engine import cpu_load
 from service.commands import demo
 
 
@@ -24,7 +25,7 @@ def test_cores_kept_busy_now_give_one_thread_per_stage(no_thread_setting):
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
     try:
         time.sleep(0.5)
-        busy = demo.busy_cores(1.0)
+        busy = cpu_load.busy_cores(1.0)
         threads, why = demo.stage_threads(None)
     finally:
         for p in spinners:
@@ -41,6 +42,6 @@ def test_a_load_average_left_by_ended_work_does_not_slow_an_idle_machine(no_thre
     assert demo.stage_threads(None, busy=1.8)[0] == 1
     assert demo.stage_threads(3, busy=1.8) == (3, "")  # --threads wins
     # where /proc/stat cannot be read, the load average is all there is
-    monkeypatch.setattr(demo, "busy_cores", lambda seconds=1.0: None)
+    monkeypatch.setattr(cpu_load, "busy_cores", lambda seconds=1.0: None)
     threads, why = demo.stage_threads(None)
     assert threads == 1 and "load average 1.7 on 2 cores" in why
