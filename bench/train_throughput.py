@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 from engine.arch import flops_per_token, measured_matmul_peak  # noqa: E402
 from engine.backend import bf16_native, resolve  # noqa: E402
 from engine.config import model_config  # noqa: E402
-from engine.cpu_load import busy_cores  # noqa: E402
+from engine.cpu_load import too_busy_for_threads  # noqa: E402
 from engine.data import BatchSampler, TokenData, prepare_data  # noqa: E402
 from engine.paths import BUNDLED_CORPUS  # noqa: E402
 from engine.run_record import read_metrics  # noqa: E402
@@ -278,11 +278,10 @@ def main():
     ap.add_argument("--threads", type=int, help="torch intra-op threads for both sides (default: torch's, one per "
                                                 "core; 1 when other work keeps more than the cores less 0.5 busy)")
     args = ap.parse_args()
-    cores = len(os.sched_getaffinity(0))
-    busy = busy_cores() if not args.threads else None  # now, not the load average: it lingers after work ends
-    if busy is not None and busy > cores - 0.5:
+    too_busy = None if args.threads else too_busy_for_threads(len(os.sched_getaffinity(0)))  # busy now
+    if too_busy:
         args.threads = 1  # threads that wait on each other on a busy machine measure the neighbours, not the code
-        say(f"{busy:.1f} of {cores} cores busy with other work: using 1 thread (--threads N to choose)")
+        say(f"{too_busy}: using 1 thread (--threads N to choose)")
     if args.threads:
         torch.set_num_threads(args.threads)
     backend = resolve(args.backend, args.precision)

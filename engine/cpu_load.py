@@ -21,3 +21,18 @@ def busy_cores(seconds: float = 1.0) -> float | None:
     except (OSError, ValueError):
         return None
     return (1 - (idle1 - idle0) / max(1, total1 - total0)) * (os.cpu_count() or 1)
+
+
+def too_busy_for_threads(cores: int, busy: float | None = None) -> str | None:
+    """Why a process here should take one thread, or None: other work keeps more than `cores` - 0.5 busy
+    (two threads that wait for each other at every operator then run several times slower than one).
+    `busy`: cores busy now, measured when not given; the load average only where /proc/stat is unreadable."""
+    if cores < 2:
+        return None
+    busy = busy_cores() if busy is None else busy
+    if busy is None:
+        busy = os.getloadavg()[0]
+        what = f"load average {busy:.1f} on {cores} cores"
+    else:
+        what = f"{busy:.1f} of {cores} cores busy with other work"
+    return what if busy > cores - 0.5 else None

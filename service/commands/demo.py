@@ -305,18 +305,8 @@ def stage_threads(threads: int | None, busy: float | None = None) -> tuple[int |
     just after a benchmark ended and made a whole demo run single-threaded: 7:31 against 5:10 (a 2-core Zen 4)."""
     if threads or "OMP_NUM_THREADS" in os.environ:
         return threads, ""
-    cores = os.cpu_count() or 1
-    if cores == 1:
-        return None, ""
-    busy = cpu_load.busy_cores() if busy is None else busy
-    if busy is None:  # no /proc/stat: the load average is all there is
-        busy = os.getloadavg()[0]
-        what = f"load average {busy:.1f} on {cores} cores"
-    else:
-        what = f"{busy:.1f} of {cores} cores busy with other work"
-    if busy > cores - 0.5:
-        return 1, f"; {what}: one thread per stage (--threads to choose)"
-    return None, ""
+    why = cpu_load.too_busy_for_threads(os.cpu_count() or 1, busy)
+    return (1, f"; {why}: one thread per stage (--threads to choose)") if why else (None, "")
 
 
 def _interrupted(signum, frame):
