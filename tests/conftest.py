@@ -2,10 +2,12 @@
 tests that only need *a* checkpoint."""
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -90,12 +92,18 @@ def trained_run(tmp_path_factory, micro_spec):
 # one browser for the whole session: a second sync Playwright in the same thread refuses to start
 @pytest.fixture(scope="session")
 def chromium() -> Path:
-    if not CHROMIUM.exists():
-        if shutil.which("apt-get") is None or os.geteuid() != 0:
-            pytest.skip("/usr/bin/chromium is missing and apt-get cannot install it here (needs root)")
+    if CHROMIUM.exists():
+        return CHROMIUM
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        pytest.skip("/usr/bin/chromium is missing and apt-get cannot install it here (needs root)")
+    # every test worker (pytest-xdist) has this fixture: the first one in installs, the others wait for it
+    with open(Path(tempfile.gettempdir()) / "tinyforge-tests-chromium.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         for cmd in (["apt-get", "update", "-q"],
                     ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium", "fonts-dejavu-core"]):
+            if CHROMIUM.exists():  # installed by the worker that held the lock before
+                break
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
             if proc.returncode != 0:
                 pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")

@@ -18,6 +18,8 @@ import pytest
 
 from tests.conftest import page_shot
 
+pytestmark = pytest.mark.alone  # the demo gives each stage the cores idle now
+
 STAGES = ["tokenizer", "parent", "inherit", "round1", "round2", "export", "eval", "scratch", "eval_scratch"]
 
 

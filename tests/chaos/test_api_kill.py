@@ -12,6 +12,8 @@ import pytest
 
 from chaos_fixtures import ChaosService, consistency_problems, stage
 
+pytestmark = pytest.mark.alone  # kills servers under a timed burst of clients
+
 CLIENTS, PER_CLIENT = 8, 40
 
 

@@ -11,6 +11,8 @@ import pytest
 
 from chaos_fixtures import ChaosService, consistency_problems, stage
 
+pytestmark = pytest.mark.alone  # four workers racing for jobs
+
 JOBS, WORKERS, CLIENTS = 200, 4, 4
 
 

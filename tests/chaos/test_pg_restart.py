@@ -17,6 +17,8 @@ import pytest
 
 from chaos_fixtures import ChaosService, consistency_problems, pg_restartable, stage
 
+pytestmark = pytest.mark.alone  # restarts the PostgreSQL server other tests use
+
 
 class Submitter(threading.Thread):
     """Submits jobs with idempotency keys throughout, retrying (same key) what got no 2xx answer. The jobs

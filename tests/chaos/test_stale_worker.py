@@ -17,6 +17,8 @@ from chaos_fixtures import ChaosService, consistency_problems, processes_in, sta
 from service.db import Database
 from service.db.models import LogLine
 
+pytestmark = pytest.mark.alone  # freezes a worker past a lease of seconds
+
 
 def lines_of_attempt(db_url: str, number: int) -> int:
     """Log lines the service stored for attempt `number`."""

@@ -19,6 +19,8 @@ import torch
 
 from chaos_fixtures import PY, REPO, SAMPLE, ChaosService, consistency_problems, describe_processes, processes_in
 
+pytestmark = pytest.mark.alone  # its reference run takes the other core
+
 KILLS = 11
 STEPS = 160  # enough for every kill to land mid-run however fast the engine steps (80 ran out)
 ORPHAN_DEADLINE_S = 15  # the SIGTERM checkpoint and exit: about 3 s at most measured on a loaded 2-core box

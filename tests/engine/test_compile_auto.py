@@ -139,6 +139,7 @@ def test_the_demo_parent_compiles_in_bf16_and_its_children_stay_eager(monkeypatc
         assert decide(stage, None, 1785, **child) is False
 
 
+@pytest.mark.alone  # make test gives the tests beside each other one thread each
 @pytest.mark.skipif(torch.get_num_threads() < 2, reason="the varying order needs two threads adding at once")
 def test_compiled_cpu_steps_repeat_bit_for_bit(restore_determinism):
     """Inductor's CPU embedding backward adds rows from parallel threads atomically, in a varying order;

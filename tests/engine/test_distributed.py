@@ -14,7 +14,7 @@ import yaml
 from engine import checkpoint as ckpt
 from tests.conftest import SAMPLE, run_cli
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.alone]  # alone: two processes, one a core
 TOL = 1e-4  # fp32; reduction order differs between world sizes
 BIN = Path(sys.executable).parent
 

@@ -21,6 +21,8 @@ from engine.train import train
 from tests.chaos_record import record
 from tests.conftest import SAMPLE
 
+pytestmark = pytest.mark.alone  # SIGKILLs and SIGTERMs at moments timed against the run
+
 EXE = str(Path(sys.executable).with_name("tinyforge"))
 
 QUIET = dict(show_progress=False, log=lambda *a: None)

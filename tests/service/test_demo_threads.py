@@ -12,6 +12,8 @@ import pytest
 from engine import cpu_load
 from service.commands import demo
 
+pytestmark = pytest.mark.alone  # measures the cores busy
+
 
 @pytest.fixture
 def no_thread_setting(monkeypatch):

@@ -15,6 +15,8 @@ import yaml
 from service.worker.launchers import LaunchRequest, load_launcher
 from service.worker.slurm import SlurmError, SlurmLauncher, SlurmProcess, exit_code_of, slurm_time, term_before_limit
 
+pytestmark = pytest.mark.alone  # one Slurm cluster, and a time limit
+
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "data" / "sample"
 ENGINE = [sys.executable, "-m", "tinyforge.cli"]  # the worker's default engine command

@@ -6,7 +6,7 @@ import pytest
 
 from tests.support import service as fixtures
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.alone]  # alone: one Slurm cluster
 SLURM = {"launcher": "slurm", "backend": "cpu"}
 
 
