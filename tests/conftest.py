@@ -99,11 +99,11 @@ def chromium() -> Path:
     # every test worker (pytest-xdist) has this fixture: the first one in installs, the others wait for it
     with open(Path(tempfile.gettempdir()) / "tinyforge-tests-chromium.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        if CHROMIUM.exists():  # installed by the worker that held the lock before
+            return CHROMIUM
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         for cmd in (["apt-get", "update", "-q"],
                     ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium", "fonts-dejavu-core"]):
-            if CHROMIUM.exists():  # installed by the worker that held the lock before
-                break
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
             if proc.returncode != 0:
                 pytest.fail(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
